@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="gan-pipeline",
+    version="0.1.0",
+    description="Luigi pipeline from image collections to trained GAN inpainters and generators",
+    packages=find_packages(include=["pipeline", "pipeline.*", "ganmodels", "ganmodels.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "luigi>=3.5",
+        "torch>=2.3",
+        "torchvision>=0.18",
+        "torchmetrics>=1.4",
+        "boto3>=1.34",
+        "pillow>=10.0",
+        "pandas>=2.0",
+        "numpy>=1.26",
+        "scikit-image>=0.22",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "moto[server]>=5.0"],
+    },
+)

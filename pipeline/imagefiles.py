@@ -1,4 +1,5 @@
 """Decoding one source image into a square RGB array of the target size."""
+import hashlib
 import io
 
 import numpy as np
@@ -29,3 +30,8 @@ def decode_image(data: bytes, image_size: int, max_pixels: int) -> np.ndarray:
         raise
     except Exception as error:  # Pillow raises many types for bad files
         raise RejectedImage(f"cannot decode: {error}") from error
+
+
+def content_hash(data: bytes) -> str:
+    """sha256 of a file's bytes, to keep byte-identical duplicates once."""
+    return hashlib.sha256(data).hexdigest()

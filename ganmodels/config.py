@@ -1,0 +1,102 @@
+"""Frozen, validated configuration objects passed into the models and training loops."""
+import math
+from dataclasses import asdict, dataclass
+
+ARCHITECTURES = ("glcic", "infill")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which inpainting networks to build, and how wide."""
+
+    arch: str = "glcic"
+    image_size: int = 64
+    width: float = 1.0  # 1.0 is the paper's channel count; a CPU run uses a fraction
+
+    def __post_init__(self):
+        _require(self.arch in ARCHITECTURES, f"arch must be one of {ARCHITECTURES}, got {self.arch!r}")
+        _require(self.width > 0, f"width must be positive, got {self.width}")
+        size_ok = self.image_size >= 16 and math.log2(self.image_size).is_integer()
+        _require(size_ok, f"image_size must be a power of two >= 16, got {self.image_size}")
+
+    @property
+    def local_size(self) -> int:
+        """Side of the local discriminator's patch: half the image, as in the paper (128 of 256)."""
+        return self.image_size // 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """Where rectangular holes go and how big they are, as fractions of the image side.
+
+    Holes are placed inside the area that keeps `margin` from every border, and are
+    never larger than the local discriminator's patch (half the image).
+    """
+
+    image_size: int = 64
+    hole_min: float = 0.25
+    hole_max: float = 0.5
+    margin: float = 0.0
+
+    def __post_init__(self):
+        _require(0 < self.hole_min <= self.hole_max, f"need 0 < hole_min <= hole_max, got {self.hole_min}, {self.hole_max}")
+        _require(self.hole_max <= 0.5, f"hole_max must be <= 0.5 (the local patch is half the image), got {self.hole_max}")
+        _require(0 <= self.margin < 0.5, f"margin must be in [0, 0.5), got {self.margin}")
+        _require(self.min_pixels >= 1, f"hole_min={self.hole_min} is less than one pixel at image_size={self.image_size}")
+        _require(self.max_pixels <= self.area_size,
+                 f"holes up to {self.max_pixels} px do not fit the placement area of {self.area_size} px "
+                 f"(image_size={self.image_size}, margin={self.margin})")
+
+    @property
+    def min_pixels(self) -> int:
+        return round(self.hole_min * self.image_size)
+
+    @property
+    def max_pixels(self) -> int:
+        return round(self.hole_max * self.image_size)
+
+    @property
+    def area_start(self) -> int:
+        return round(self.margin * self.image_size)
+
+    @property
+    def area_size(self) -> int:
+        return self.image_size - 2 * self.area_start
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """One training phase: 1 completion MSE, 2 discriminators only, 3 joint."""
+
+    phase: int
+    steps: int
+    batch_size: int = 16
+    lr_completion: float = 1e-3
+    lr_discriminator: float = 1e-4
+    alpha: float = 0.0  # weight of the adversarial term; used in phase 3 (paper: 0.0004)
+    checkpoint_every: int = 100
+    log_every: int = 20
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(self.phase in (1, 2, 3), f"phase must be 1, 2 or 3, got {self.phase}")
+        _require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _require(self.lr_completion > 0 and self.lr_discriminator > 0, "learning rates must be positive")
+        _require(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}")
+        _require(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        _require(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,7 @@
+"""Luigi tasks from an image collection to trained GAN models: `luigi --module pipeline TrainInpainter`."""
+from .data import BuildShards, PrepareImages
+from .inpainting import (EvaluateInpainter, PretrainCompletion, PretrainDiscriminator, RenderEvalGrid,
+                         TrainInpainter, TrainJoint)
+
+__all__ = ["PrepareImages", "BuildShards", "PretrainCompletion", "PretrainDiscriminator", "TrainJoint",
+           "RenderEvalGrid", "EvaluateInpainter", "TrainInpainter"]

@@ -1,0 +1,106 @@
+"""Base class of every pipeline task: hashed output directories, atomic files, manifests.
+
+A task writes into `<root>/<TaskFamily>-<hash>` where the hash covers its significant
+parameters and the hashes of its upstream tasks, so a change anywhere upstream gives
+new directories and never overwrites an earlier run. Data files are written first and
+`manifest.json` last; a task is complete exactly when its manifest exists.
+"""
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import logging
+import platform
+from contextlib import contextmanager
+
+import luigi
+from luigi.task import flatten
+
+from . import storage
+
+log = logging.getLogger("luigi-interface")
+
+MANIFEST = "manifest.json"
+_RECORDED_PACKAGES = ("torch", "torchvision", "luigi", "numpy", "pillow", "pandas", "torchmetrics", "boto3")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _RECORDED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+class ArtifactTask(luigi.Task):
+    """Subclasses implement `build()`, writing their files with `self.open_write(name)`."""
+
+    def upstream(self) -> list["ArtifactTask"]:
+        return flatten(self.requires())
+
+    def artifact_hash(self) -> str:
+        identity = {
+            "family": self.get_task_family(),
+            "params": self.to_str_params(only_significant=True),
+            "upstream": sorted(task.artifact_hash() for task in self.upstream()),
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+
+    @property
+    def directory(self) -> str:
+        return storage.join(storage.root(), f"{self.get_task_family()}-{self.artifact_hash()}")
+
+    def path(self, name: str) -> str:
+        return storage.join(self.directory, name)
+
+    def output(self):
+        return storage.target(self.path(MANIFEST))
+
+    def resolved_config(self) -> dict:
+        """The validated configuration this task runs with, saved in its manifest."""
+        return {}
+
+    def build(self) -> dict:
+        """Produce the task's files; return a summary dict for the manifest."""
+        raise NotImplementedError
+
+    @contextmanager
+    def open_write(self, name: str):
+        with storage.open_write(self.path(name)) as file:
+            yield file
+        self._written[name] = (file.size, file.sha256.hexdigest())
+
+    def write_json(self, name: str, value) -> None:
+        self._written[name] = storage.write_json(self.path(name), value)
+
+    def report_progress(self, fraction: float, message: str) -> None:
+        self.set_progress_percentage(round(100 * fraction, 1))
+        self.set_status_message(message)
+
+    def run(self):
+        self._written: dict[str, tuple[int, str]] = {}
+        started = datetime.datetime.now(datetime.timezone.utc)
+        summary = self.build()
+        files = {}
+        for name in storage.list_files(self.directory):
+            if name == MANIFEST:
+                continue
+            # Files left by an earlier, interrupted attempt (checkpoints) are hashed by reading them back.
+            size, sha = self._written.get(name) or storage.sha256_of(self.path(name))
+            files[name] = {"size": size, "sha256": sha}
+        manifest = {
+            "task_family": self.get_task_family(),
+            "task_id": self.task_id,
+            "hash": self.artifact_hash(),
+            "parameters": self.to_str_params(only_significant=True),
+            "config": self.resolved_config(),
+            "upstream": {task.task_id: task.directory for task in self.upstream()},
+            "packages": package_versions(),
+            "started": started.isoformat(),
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "summary": summary or {},
+            "files": files,
+        }
+        storage.write_json(self.path(MANIFEST), manifest)

@@ -1,0 +1,158 @@
+"""Tasks that turn a source collection into resized images and training shards."""
+import io
+import os
+
+import luigi
+import luigi.util
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from . import sources, storage
+from .base import ArtifactTask, log
+from .ingest import ingest_folder
+
+SPLITS = ("train", "val", "test")
+PART_SIZE = 4096  # images per file written by PrepareImages
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _read_csv(path: str) -> pd.DataFrame:
+    with storage.open_read(path) as file:
+        return pd.read_csv(file, keep_default_na=False)
+
+
+def load_array(path: str) -> np.ndarray:
+    """A stored uint8 array, memory-mapped so only the rows used are read."""
+    return np.load(storage.local_path(path), mmap_mode="r", allow_pickle=False)
+
+
+class PrepareImages(ArtifactTask):
+    """Decode, convert to RGB, centre-crop and resize every source image; split by path hash."""
+
+    dataset = luigi.ChoiceParameter(default="sample", choices=sources.DATASETS,
+                                    description="Which collection: sample (offline) or folder (source=DIR)")
+    source = luigi.Parameter(default="", description="Directory of images for dataset=folder")
+    image_size = luigi.IntParameter(default=64, description="Side in pixels of the square training images")
+    val_fraction = luigi.FloatParameter(default=0.1)
+    test_fraction = luigi.FloatParameter(default=0.1)
+    max_pixels = luigi.IntParameter(default=200_000_000, description="Reject source images with more pixels")
+    max_rejected_fraction = luigi.FloatParameter(default=0.5, description="Fail if more of the files are rejected")
+    decode_workers = luigi.IntParameter(default=0, significant=False, description="Decoding processes; 0 = all cores")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
+            raise ValueError(f"need val_fraction, test_fraction >= 0 with a sum below 1, "
+                             f"got {self.val_fraction} and {self.test_fraction}")
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be at least 8, got {self.image_size}")
+
+    def build(self):
+        folder, official_split = sources.resolve(self.dataset, self.source)
+        paths = sources.list_files(folder)
+        if not paths:
+            raise ValueError(f"no files found in {folder}")
+        workers = self.decode_workers or os.cpu_count() or 1
+        kept_rows, rejected_rows, seen = [], [], {}
+        buffers: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
+        parts = {split: 0 for split in SPLITS}
+
+        def flush(split: str) -> None:
+            name = f"images/{split}-{parts[split]:05d}.npy"
+            with self.open_write(name) as file:
+                file.write(_npy_bytes(np.stack(buffers[split])))
+            buffers[split].clear()
+            parts[split] += 1
+
+        results = ingest_folder(folder, paths, self.image_size, self.max_pixels, workers)
+        for count, item in enumerate(tqdm(results, total=len(paths), desc="PrepareImages", unit="img"), 1):
+            if item.image is None:
+                rejected_rows.append((item.relative_path, item.reason))
+            elif item.sha256 in seen:
+                rejected_rows.append((item.relative_path, f"duplicate of {seen[item.sha256]}"))
+            else:
+                seen[item.sha256] = item.relative_path
+                split = (official_split or {}).get(item.relative_path) or sources.hash_split(
+                    item.relative_path, self.val_fraction, self.test_fraction)
+                kept_rows.append((item.relative_path, split, f"images/{split}-{parts[split]:05d}.npy",
+                                  len(buffers[split]), item.sha256))
+                buffers[split].append(item.image)
+                if len(buffers[split]) == PART_SIZE:
+                    flush(split)
+            if count % 256 == 0 or count == len(paths):
+                self.report_progress(count / len(paths), f"decoded {count}/{len(paths)} files")
+        for split in SPLITS:
+            if buffers[split]:
+                flush(split)
+
+        with self.open_write("images.csv") as file:
+            pd.DataFrame(kept_rows, columns=["relative_path", "split", "file", "row", "sha256"]).to_csv(file, index=False)
+        with self.open_write("rejected.csv") as file:
+            pd.DataFrame(rejected_rows, columns=["relative_path", "reason"]).to_csv(file, index=False)
+
+        if not kept_rows:
+            raise RuntimeError(f"no usable images among {len(paths)} files in {folder}; see {self.path('rejected.csv')}")
+        rejected_share = len(rejected_rows) / len(paths)
+        if rejected_share > self.max_rejected_fraction:
+            raise RuntimeError(f"{len(rejected_rows)} of {len(paths)} files rejected ({rejected_share:.0%}), above "
+                               f"max_rejected_fraction={self.max_rejected_fraction}; see {self.path('rejected.csv')}")
+        counts = pd.Series([row[1] for row in kept_rows]).value_counts().to_dict()
+        log.info("PrepareImages: kept %d, rejected %d of %d files", len(kept_rows), len(rejected_rows), len(paths))
+        return {"source_folder": folder, "files": len(paths), "kept": len(kept_rows),
+                "rejected": len(rejected_rows), "split_counts": {s: counts.get(s, 0) for s in SPLITS}}
+
+
+@luigi.util.requires(PrepareImages)
+class BuildShards(ArtifactTask):
+    """uint8 N x 3 x H x W shards per split (train shuffled), an index table and the train mean pixel."""
+
+    shard_size = luigi.IntParameter(default=1024, description="Images per shard file")
+    shuffle_seed = luigi.IntParameter(default=0, description="Seed of the train split's shard order")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+
+    def build(self):
+        prepared = self.requires()
+        table = _read_csv(prepared.path("images.csv"))
+        arrays = {name: load_array(prepared.path(name)) for name in table["file"].unique()}
+        index_rows, channel_sum, train_pixels = [], np.zeros(3), 0
+        for split in SPLITS:
+            rows = table[table["split"] == split].sort_values("relative_path")
+            if split == "train":
+                rows = rows.sample(frac=1, random_state=self.shuffle_seed)
+            for shard, start in enumerate(range(0, len(rows), self.shard_size)):
+                chunk = rows.iloc[start:start + self.shard_size]
+                images = np.stack([arrays[file][row] for file, row in zip(chunk["file"], chunk["row"])])
+                name = f"shards/{split}-{shard:05d}.npy"
+                with self.open_write(name) as file:
+                    file.write(_npy_bytes(images))
+                index_rows += [(split, name, i, path) for i, path in enumerate(chunk["relative_path"])]
+                if split == "train":
+                    channel_sum += images.sum(axis=(0, 2, 3), dtype=np.float64)
+                    train_pixels += images.shape[0] * images.shape[2] * images.shape[3]
+            self.report_progress((SPLITS.index(split) + 1) / len(SPLITS), f"wrote {split} shards")
+        if train_pixels == 0:
+            raise RuntimeError("the train split is empty; add images or lower val_fraction/test_fraction")
+        with self.open_write("index.csv") as file:
+            pd.DataFrame(index_rows, columns=["split", "shard", "row", "relative_path"]).to_csv(file, index=False)
+        mean_pixel = (channel_sum / train_pixels / 255).tolist()
+        self.write_json("mean_pixel.json", {"mean_pixel": mean_pixel, "range": "[0, 1], RGB"})
+        counts = pd.Series([row[0] for row in index_rows]).value_counts().to_dict()
+        return {"mean_pixel": mean_pixel, "split_counts": {s: counts.get(s, 0) for s in SPLITS}}
+
+    def split_arrays(self, split: str) -> list[np.ndarray]:
+        """The memory-mapped shards of one split, in shard order."""
+        index = _read_csv(self.path("index.csv"))
+        return [load_array(self.path(name)) for name in sorted(index.loc[index["split"] == split, "shard"].unique())]
+
+    def mean_pixel(self) -> list[float]:
+        return storage.read_json(self.path("mean_pixel.json"))["mean_pixel"]

@@ -1,0 +1,247 @@
+"""Tasks that train, render and evaluate the GLCIC inpainter, and the end task TrainInpainter."""
+import io
+import re
+
+import luigi
+import luigi.util
+import pandas as pd
+import torch
+from torchvision.utils import make_grid, save_image
+
+from ganmodels.config import ARCHITECTURES, MaskConfig, ModelConfig, PhaseConfig
+from ganmodels.data import ImageBank, to_float
+from ganmodels.masks import holes_to_mask, sample_holes
+from ganmodels.metrics import inpainting_metrics
+from ganmodels.networks import complete, fill_holes
+from ganmodels.training import load_completion, train_phase
+
+from . import storage
+from .base import ArtifactTask, log
+from .data import BuildShards
+
+CHECKPOINT_PATTERN = re.compile(r"checkpoints/step-(\d+)\.pt$")
+FINAL_STATE = "model.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def save_state(task: ArtifactTask, name: str, state: dict) -> None:
+    with task.open_write(name) as file:
+        torch.save(state, file)
+
+
+def load_state(path: str, device: torch.device | str = "cpu") -> dict:
+    with storage.open_read(path) as file:
+        return torch.load(io.BytesIO(file.read()), map_location=device, weights_only=True)
+
+
+@luigi.util.inherits(BuildShards)
+class PretrainCompletion(ArtifactTask):
+    """Phase 1: the completion network learns to fill holes under MSE inside the hole."""
+
+    phase = 1
+    arch = luigi.ChoiceParameter(default="glcic", choices=ARCHITECTURES, description="glcic (paper) or infill (small)")
+    width = luigi.FloatParameter(default=0.25, description="Channel multiplier; 1.0 is the paper's width")
+    hole_min = luigi.FloatParameter(default=0.25, description="Smallest hole side, as a fraction of image_size")
+    hole_max = luigi.FloatParameter(default=0.5, description="Largest hole side, as a fraction of image_size")
+    hole_margin = luigi.FloatParameter(default=0.0, description="Holes keep this fraction of image_size from borders")
+    batch_size = luigi.IntParameter(default=16)
+    lr_completion = luigi.FloatParameter(default=1e-3)
+    lr_discriminator = luigi.FloatParameter(default=1e-4)
+    seed = luigi.IntParameter(default=0)
+    phase1_steps = luigi.IntParameter(default=1500)
+    checkpoint_every = luigi.IntParameter(default=100, significant=False)
+    log_every = luigi.IntParameter(default=50, significant=False)
+    keep_checkpoints = luigi.IntParameter(default=2, significant=False)
+    device = luigi.Parameter(default="auto", significant=False, description="auto, cpu, cuda or cuda:N")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_config = ModelConfig(arch=self.arch, image_size=self.image_size, width=self.width)
+        self.mask_config = MaskConfig(image_size=self.image_size, hole_min=self.hole_min,
+                                      hole_max=self.hole_max, margin=self.hole_margin)
+        self.phase_config = PhaseConfig(
+            phase=self.phase, batch_size=self.batch_size, lr_completion=self.lr_completion,
+            lr_discriminator=self.lr_discriminator, checkpoint_every=self.checkpoint_every,
+            log_every=self.log_every, seed=self.seed, **self.phase_settings())
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+
+    def phase_settings(self) -> dict:
+        """The PhaseConfig fields that differ between phases."""
+        return {"steps": self.phase1_steps}
+
+    def requires(self):
+        return {"shards": self.clone(BuildShards)}
+
+    def resolved_config(self) -> dict:
+        return {"model": self.model_config.to_dict(), "mask": self.mask_config.to_dict(),
+                "phase": self.phase_config.to_dict()}
+
+    def checkpoints(self) -> list[tuple[int, str]]:
+        found = [(int(m.group(1)), name) for name in storage.list_files(self.directory)
+                 if (m := CHECKPOINT_PATTERN.match(name))]
+        return sorted(found)
+
+    def start_state(self, device: torch.device) -> dict | None:
+        """This phase's latest checkpoint if an earlier attempt left one, else the previous phase's result."""
+        if checkpoints := self.checkpoints():
+            step, name = checkpoints[-1]
+            log.info("%s: resuming from checkpoint %s (step %d)", self.get_task_family(), name, step)
+            return load_state(self.path(name), device)
+        previous = self.requires().get("previous")
+        return load_state(previous.path(FINAL_STATE), device) if previous else None
+
+    def save_checkpoint(self, state: dict) -> None:
+        save_state(self, f"checkpoints/step-{state['step']:07d}.pt", state)
+        for _, name in self.checkpoints()[:-self.keep_checkpoints]:
+            storage.remove(self.path(name))
+
+    def log_row(self, row: dict) -> None:
+        losses = ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k in ("mse", "loss_d", "loss_adv") and v is not None)
+        message = f"phase {row['phase']} step {row['step']}/{row['steps']}: {losses}, {row['images_per_s']:.1f} images/s"
+        log.info("%s %s", self.get_task_family(), message)
+        self.report_progress(row["step"] / row["steps"], message)
+
+    def build(self):
+        device = resolve_device(self.device)
+        shards = self.requires()["shards"]
+        images = ImageBank(shards.split_arrays("train"), device)
+        state = train_phase(self.phase_config, self.model_config, self.mask_config, images,
+                            torch.tensor(shards.mean_pixel()), self.start_state(device), device,
+                            on_checkpoint=self.save_checkpoint, on_log=self.log_row)
+        save_state(self, FINAL_STATE, state)
+        with self.open_write("history.csv") as file:
+            pd.DataFrame(state["history"]).to_csv(file, index=False)
+        last = state["history"][-1] if state["history"] else {}
+        return {"steps": state["step"], "device": str(device), "last_log": last}
+
+
+class PretrainDiscriminator(PretrainCompletion):
+    """Phase 2: the global and local discriminators learn against the frozen completion network."""
+
+    phase = 2
+    phase2_steps = luigi.IntParameter(default=200)
+
+    def phase_settings(self) -> dict:
+        return {"steps": self.phase2_steps}
+
+    def requires(self):
+        return {"shards": self.clone(BuildShards), "previous": self.clone(PretrainCompletion)}
+
+
+class TrainJoint(PretrainDiscriminator):
+    """Phase 3: both networks together, the completion network on MSE + alpha * adversarial loss."""
+
+    phase = 3
+    phase3_steps = luigi.IntParameter(default=400)
+    alpha = luigi.FloatParameter(default=4e-4, description="Weight of the adversarial loss (paper: 0.0004)")
+
+    def phase_settings(self) -> dict:
+        return {"steps": self.phase3_steps, "alpha": self.alpha}
+
+    def requires(self):
+        return {"shards": self.clone(BuildShards), "previous": self.clone(PretrainDiscriminator)}
+
+
+PHASE_TASKS = {1: PretrainCompletion, 2: PretrainDiscriminator, 3: TrainJoint}
+
+
+class EvaluationParameters:
+    """Parameters shared by the grid, the evaluation and the end task."""
+
+    eval_seed = luigi.IntParameter(default=0, description="Seed of the fixed evaluation masks")
+    grid_images = luigi.IntParameter(default=8, description="Validation images in each grid")
+    eval_batch_size = luigi.IntParameter(default=64, significant=False)
+
+
+def fixed_masks(count: int, mask_config: MaskConfig, seed: int) -> torch.Tensor:
+    """The same masks on every device and run: drawn on the CPU from a seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+    return holes_to_mask(sample_holes(count, mask_config, generator), mask_config.image_size)
+
+
+@luigi.util.inherits(TrainJoint)
+class RenderEvalGrid(EvaluationParameters, ArtifactTask):
+    """A PNG grid of fixed validation images with fixed masks: masked input | completion | original."""
+
+    phase = luigi.ChoiceParameter(default=3, choices=(1, 2, 3), var_type=int)
+
+    def requires(self):
+        return {"shards": self.clone(BuildShards), "model": self.clone(PHASE_TASKS[self.phase])}
+
+    def build(self):
+        shards, model_task = self.requires()["shards"], self.requires()["model"]
+        val = shards.split_arrays("val") or shards.split_arrays("train")
+        images = to_float(val[0][: self.grid_images], "cpu")
+        mean_pixel = torch.tensor(shards.mean_pixel())
+        mask = fixed_masks(len(images), model_task.mask_config, self.eval_seed)
+        completion = load_completion(load_state(model_task.path(FINAL_STATE)))
+        with torch.no_grad():
+            completed = complete(completion, images, mask, mean_pixel)
+        rows = torch.stack([fill_holes(images, mask, mean_pixel), completed, images], dim=1).flatten(0, 1)
+        with self.open_write("grid.png") as file:
+            save_image(make_grid(rows, nrow=3, padding=2, pad_value=1.0), file, format="png")
+        return {"phase": self.phase, "images": len(images)}
+
+
+@luigi.util.inherits(TrainJoint)
+class EvaluateInpainter(EvaluationParameters, ArtifactTask):
+    """PSNR and L1 inside the holes and SSIM of the whole image over the test split, against mean fill."""
+
+    def requires(self):
+        return {"shards": self.clone(BuildShards), "model": self.clone(TrainJoint)}
+
+    def build(self):
+        shards, model_task = self.requires()["shards"], self.requires()["model"]
+        test = shards.split_arrays("test")
+        if not test:
+            raise RuntimeError("the test split is empty; raise test_fraction or add images")
+        mean_pixel = torch.tensor(shards.mean_pixel())
+        completion = load_completion(load_state(model_task.path(FINAL_STATE)))
+        frames, offset = [], 0
+        for shard in test:
+            masks = fixed_masks(len(shard), model_task.mask_config, self.eval_seed + offset)
+            for start in range(0, len(shard), self.eval_batch_size):
+                images = to_float(shard[start:start + self.eval_batch_size], "cpu")
+                mask = masks[start:start + len(images)]
+                with torch.no_grad():
+                    candidates = {"model": complete(completion, images, mask, mean_pixel),
+                                  "mean_fill": fill_holes(images, mask, mean_pixel)}
+                for method, predicted in candidates.items():
+                    values = {k: v.numpy() for k, v in inpainting_metrics(predicted, images, mask).items()}
+                    frames.append(pd.DataFrame({"method": method, "image": range(offset + start, offset + start + len(images)),
+                                                **values}))
+            offset += len(shard)
+        per_image = pd.concat(frames, ignore_index=True)
+        summary = per_image.groupby("method")[["psnr_hole", "l1_hole", "ssim"]].mean()
+        with self.open_write("metrics.csv") as file:
+            per_image.to_csv(file, index=False)
+        metrics = {"n_images": offset, "methods": summary.to_dict(orient="index")}
+        self.write_json("metrics.json", metrics)
+        log.info("EvaluateInpainter:\n%s", summary.to_string())
+        return metrics
+
+
+@luigi.util.inherits(TrainJoint)
+class TrainInpainter(EvaluationParameters, ArtifactTask):
+    """The end task: the final checkpoint, the grid of each phase and the test metrics."""
+
+    def requires(self):
+        return {"grids": {phase: self.clone(RenderEvalGrid, phase=phase) for phase in PHASE_TASKS},
+                "metrics": self.clone(EvaluateInpainter)}
+
+    def build(self):
+        needs = self.requires()
+        result = {
+            "checkpoint": self.clone(TrainJoint).path(FINAL_STATE),
+            "grids": {f"phase{phase}": task.path("grid.png") for phase, task in needs["grids"].items()},
+            "metrics": needs["metrics"].path("metrics.json"),
+            "metrics_summary": storage.read_json(needs["metrics"].path("metrics.json")),
+        }
+        self.write_json("result.json", result)
+        return result

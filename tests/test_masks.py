@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig
+from ganmodels.masks import crop_patches, holes_to_mask, patch_origins, sample_holes
+from ganmodels.networks import CompletionNetwork, complete
+
+
+@pytest.mark.parametrize("size,hole_min,hole_max,margin", [(64, 0.25, 0.5, 0.0), (32, 0.1, 0.3, 0.2), (128, 0.375, 0.5, 0.1)])
+def test_holes_stay_inside_the_placement_area_with_sizes_in_range(size, hole_min, hole_max, margin):
+    config = MaskConfig(image_size=size, hole_min=hole_min, hole_max=hole_max, margin=margin)
+    holes = sample_holes(4000, config, torch.Generator().manual_seed(1))
+    top, left, height, width = holes.T
+    assert height.min() == config.min_pixels and height.max() == config.max_pixels
+    assert width.min() == config.min_pixels and width.max() == config.max_pixels
+    start, stop = config.area_start, config.area_start + config.area_size
+    assert top.min() == start and left.min() == start  # the whole area is reachable ...
+    assert (top + height).max() == stop and (left + width).max() == stop  # ... and never left
+    mask = holes_to_mask(holes, size)
+    assert torch.equal(mask.sum((1, 2, 3)), (height * width).float())
+    outside = torch.ones(size, size, dtype=torch.bool)
+    outside[start:stop, start:stop] = False
+    assert mask[:, 0, outside].sum() == 0
+
+
+def test_mask_matches_a_per_image_loop():
+    holes = sample_holes(16, MaskConfig(image_size=32), torch.Generator().manual_seed(0))
+    expected = torch.zeros(16, 1, 32, 32)
+    for i, (top, left, height, width) in enumerate(holes.tolist()):
+        expected[i, 0, top:top + height, left:left + width] = 1
+    assert torch.equal(holes_to_mask(holes, 32), expected)
+
+
+def test_local_patches_contain_their_hole_and_match_slicing():
+    config = MaskConfig(image_size=64, hole_min=0.25, hole_max=0.5)
+    holes = sample_holes(64, config, torch.Generator().manual_seed(2))
+    origins = patch_origins(holes, 64, 32)
+    assert (origins >= 0).all() and (origins + 32 <= 64).all()
+    assert (holes[:, :2] >= origins).all() and (holes[:, :2] + holes[:, 2:] <= origins + 32).all()
+    images = torch.rand(64, 3, 64, 64)
+    patches = crop_patches(images, origins, 32)
+    for i, (top, left) in enumerate(origins.tolist()):
+        assert torch.equal(patches[i], images[i, :, top:top + 32, left:left + 32])
+
+
+def test_completion_keeps_known_pixels_exactly():
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 32, 32)
+    mask = holes_to_mask(sample_holes(4, MaskConfig(image_size=32), torch.Generator().manual_seed(3)), 32)
+    completed = complete(CompletionNetwork(width=0.125).eval(), images, mask, torch.tensor([0.4, 0.5, 0.6]))
+    known = mask.expand_as(images) == 0
+    assert torch.equal(completed[known], images[known])
+    assert not torch.allclose(completed[~known], images[~known])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: MaskConfig(image_size=64, hole_min=0.3, hole_max=0.2),
+    lambda: MaskConfig(image_size=64, hole_max=0.6),
+    lambda: MaskConfig(image_size=64, hole_max=0.5, margin=0.3),
+    lambda: ModelConfig(image_size=48),
+    lambda: ModelConfig(arch="unet"),
+    lambda: PhaseConfig(phase=4, steps=10),
+    lambda: PhaseConfig(phase=1, steps=0),
+])
+def test_bad_values_raise_clear_errors(make):
+    with pytest.raises(ValueError, match="must|need|do not fit"):
+        make()

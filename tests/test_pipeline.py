@@ -1,0 +1,167 @@
+"""The task chain end to end at tiny size, in-process and through the luigi command."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import luigi
+import numpy as np
+import pytest
+from PIL import Image
+
+import pipeline
+from pipeline import storage
+from pipeline.base import ArtifactTask
+from tests.conftest import TINY, cli_args, luigi_command, make_images, run_luigi, subprocess_env, write_config
+
+
+def _build(**params):
+    task = pipeline.TrainInpainter(source=params.pop("source"), **{**TINY, **params})
+    result = luigi.build([task], local_scheduler=True, detailed_summary=True, log_level="WARNING")
+    return task, result
+
+
+def _all_tasks(task):
+    found = {task}
+    for upstream in task.upstream():
+        found |= _all_tasks(upstream)
+    return found
+
+
+def test_chain_end_to_end_writes_grids_metrics_and_manifests(artifact_root, image_folder):
+    task, result = _build(source=image_folder)
+    assert result.scheduling_succeeded and task.complete()
+    tasks = _all_tasks(task)
+    assert {t.get_task_family() for t in tasks} == {
+        "PrepareImages", "BuildShards", "PretrainCompletion", "PretrainDiscriminator", "TrainJoint",
+        "RenderEvalGrid", "EvaluateInpainter", "TrainInpainter"}
+    assert len({t.directory for t in tasks}) == len(tasks) == 10  # three grids, one per phase
+
+    for t in tasks:
+        manifest = storage.read_json(t.path("manifest.json"))
+        assert manifest["task_family"] == t.get_task_family()
+        assert manifest["upstream"] == {u.task_id: u.directory for u in t.upstream()}
+        assert manifest["packages"]["torch"] and manifest["started"] <= manifest["finished"]
+        for name, info in manifest["files"].items():  # every file is listed with its true size and hash
+            assert storage.sha256_of(t.path(name)) == (info["size"], info["sha256"])
+        assert set(manifest["files"]) == set(storage.list_files(t.directory)) - {"manifest.json"}
+
+    summary = storage.read_json(task.path("result.json"))
+    assert set(summary["metrics_summary"]["methods"]) == {"model", "mean_fill"}
+    for phase in (1, 2, 3):
+        grid = Image.open(summary["grids"][f"phase{phase}"])
+        assert grid.size == (3 * 34 + 2, 4 * 34 + 2)  # 3 columns x 4 images of 32 px, 2 px padding
+    joint = storage.read_json(os.path.join(os.path.dirname(summary["checkpoint"]), "manifest.json"))
+    assert joint["config"]["phase"]["steps"] == TINY["phase3_steps"]
+    assert joint["config"]["model"] == {"arch": "glcic", "image_size": 32, "width": 0.125}
+
+
+def test_rerunning_a_complete_chain_runs_nothing(artifact_root, image_folder, monkeypatch):
+    _build(source=image_folder)
+
+    def must_not_run(self):
+        raise AssertionError(f"{self.get_task_family()} ran again")
+
+    monkeypatch.setattr(ArtifactTask, "build", must_not_run)
+    task, result = _build(source=image_folder)
+    assert result.scheduling_succeeded and task.complete()
+
+
+def test_a_parameter_change_makes_new_directories_downstream_only(artifact_root, image_folder):
+    first, _ = _build(source=image_folder)
+    second, _ = _build(source=image_folder, phase3_steps=5)
+    families = lambda task: {t.get_task_family() + (str(getattr(t, "phase", "")) if t.get_task_family() == "RenderEvalGrid" else ""): t.directory
+                             for t in _all_tasks(task)}
+    before, after = families(first), families(second)
+    unchanged = {"PrepareImages", "BuildShards", "PretrainCompletion", "PretrainDiscriminator"}
+    for family in before:
+        if family in unchanged:
+            assert before[family] == after[family], family
+        else:
+            assert before[family] != after[family], family
+            assert os.path.exists(os.path.join(before[family], "manifest.json"))  # the old run is kept
+    # upstream changes propagate: a new image size changes every directory
+    third, _ = _build(source=image_folder, image_size=16, hole_max=0.5)
+    assert not set(families(third).values()) & set(after.values())
+
+
+def test_split_is_stable_when_files_are_added(artifact_root, tmp_path):
+    source = make_images(str(tmp_path / "grow"), 40)
+    first = pipeline.PrepareImages(dataset="folder", source=source, image_size=16, decode_workers=1)
+    assert luigi.build([first], local_scheduler=True, log_level="WARNING")
+    make_images(source, 30, seed=7, prefix="added")
+    second = pipeline.PrepareImages(dataset="folder", source=source, image_size=16, decode_workers=1,
+                                    val_fraction=0.1)
+    assert second.directory == first.directory  # same parameters: the task is complete, so force a rerun
+    second = pipeline.PrepareImages(dataset="folder", source=source, image_size=16, decode_workers=2, max_pixels=10**8)
+    assert luigi.build([second], local_scheduler=True, log_level="WARNING")
+    import pandas as pd
+    old = pd.read_csv(first.path("images.csv")).set_index("relative_path")["split"]
+    new = pd.read_csv(second.path("images.csv")).set_index("relative_path")["split"]
+    assert len(new) == 70 and (new.loc[old.index] == old).all()
+    assert set(new) == {"train", "val", "test"} or len(set(new)) >= 2
+
+
+def test_rejected_files_are_listed_with_a_reason(artifact_root, tmp_path):
+    source = make_images(str(tmp_path / "mixed"), 20)
+    open(os.path.join(source, "notes.txt"), "w").write("not an image")
+    open(os.path.join(source, "empty.png"), "wb").close()
+    task = pipeline.PrepareImages(dataset="folder", source=source, image_size=16, decode_workers=1)
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    import pandas as pd
+    rejected = pd.read_csv(task.path("rejected.csv")).set_index("relative_path")["reason"]
+    assert set(rejected.index) == {"notes.txt", "empty.png"} and all(rejected.str.len() > 0)
+    summary = storage.read_json(task.path("manifest.json"))["summary"]
+    assert (summary["kept"], summary["rejected"]) == (20, 2)
+
+
+def test_shards_hold_every_kept_image_and_the_train_mean(artifact_root, image_folder):
+    shards = pipeline.BuildShards(dataset="folder", source=image_folder, image_size=16, shard_size=7, decode_workers=1)
+    assert luigi.build([shards], local_scheduler=True, log_level="WARNING")
+    arrays = {split: shards.split_arrays(split) for split in ("train", "val", "test")}
+    assert sum(len(a) for split in arrays.values() for a in split) == 60
+    assert all(a.dtype == np.uint8 and a.shape[1:] == (3, 16, 16) and len(a) <= 7 for s in arrays.values() for a in s)
+    train = np.concatenate(arrays["train"])
+    assert np.allclose(shards.mean_pixel(), train.mean(axis=(0, 2, 3)) / 255)
+
+
+def test_failed_task_makes_the_command_exit_non_zero(tmp_path):
+    config = write_config(tmp_path)
+    result = run_luigi(config, "TrainInpainter", *cli_args(dataset="folder", source=str(tmp_path / "missing")))
+    assert result.returncode == 30, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "dataset=folder needs source=" in result.stdout + result.stderr
+
+
+def test_killed_training_resumes_from_its_checkpoint(tmp_path):
+    source = make_images(str(tmp_path / "source"), 40)
+    config = write_config(tmp_path)
+    args = ["PretrainCompletion", *cli_args(dataset="folder", source=source, image_size=32, width=0.125,
+                                            batch_size=4, phase1_steps=400, checkpoint_every=20, log_every=20,
+                                            decode_workers=1)]
+    process = subprocess.Popen(luigi_command(*args), env=subprocess_env(config), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        checkpoints = []
+        while time.time() < deadline and not checkpoints:
+            time.sleep(0.5)
+            checkpoints = [p for p in (tmp_path / "artifacts").glob("PretrainCompletion-*/checkpoints/step-*.pt")]
+        assert checkpoints, "no checkpoint appeared"
+        os.killpg(process.pid, signal.SIGKILL)  # a real kill: no cleanup code runs
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    task_dir = checkpoints[0].parent.parent
+    assert not (task_dir / "manifest.json").exists()
+
+    result = run_luigi(config, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    resumed_at = [int(line.rsplit("step ", 1)[1].rstrip(")")) for line in log.splitlines()
+                  if "resuming from checkpoint" in line]
+    assert resumed_at and resumed_at[0] >= 20, log[-3000:]
+    assert f"step {resumed_at[0] - 20}/400" not in log  # no step before the checkpoint was trained again
+    manifest = json.loads((task_dir / "manifest.json").read_text())
+    assert manifest["summary"]["steps"] == 400

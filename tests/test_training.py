@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import torch
+
+from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig
+from ganmodels.data import ImageBank
+from ganmodels.masks import holes_to_mask, patch_origins, sample_holes
+from ganmodels.networks import build_networks, complete
+from ganmodels.training import completion_step, train_phase
+
+MEAN = torch.tensor([0.5, 0.4, 0.3])
+
+
+@pytest.fixture
+def bank():
+    rng = np.random.default_rng(0)
+    return ImageBank([rng.integers(0, 256, (40, 3, 32, 32), dtype=np.uint8)], "cpu")
+
+
+def _run(phase, start, bank, arch="glcic", steps=6, on_checkpoint=lambda s: None):
+    config = PhaseConfig(phase=phase, steps=steps, batch_size=4, checkpoint_every=3, log_every=2, alpha=0.1)
+    return train_phase(config, ModelConfig(arch=arch, image_size=32, width=0.125), MaskConfig(image_size=32),
+                       bank, MEAN, start, "cpu", on_checkpoint=on_checkpoint)
+
+
+@pytest.mark.parametrize("arch", ["glcic", "infill"])
+def test_three_phases_chain_and_log_finite_losses(bank, arch):
+    state = None
+    for phase in (1, 2, 3):
+        state = _run(phase, state, bank, arch)
+        assert state["phase"] == phase and state["step"] == 6
+    logged = [row for row in state["history"] if row["phase"] == 3]
+    assert logged and all(np.isfinite(row[k]) for row in logged for k in ("mse", "loss_d", "loss_adv"))
+    assert [row["phase"] for row in state["history"]] == [1] * 3 + [2] * 3 + [3] * 3
+
+
+def test_resumed_phase_ends_exactly_where_an_uninterrupted_one_does(bank):
+    phase1 = _run(1, None, bank)
+    checkpoints = []  # serialised at once: a state holds live references to the training tensors
+    uninterrupted = _run(3, phase1, bank, on_checkpoint=lambda state: checkpoints.append(_roundtrip(state)))
+    saved = torch.load(checkpoints[0], weights_only=True)
+    assert len(checkpoints) == 1 and saved["step"] == 3
+    resumed = _run(3, saved, bank)
+    for key in ("completion", "discriminator"):
+        for name, value in uninterrupted[key].items():
+            assert torch.equal(value, resumed[key][name]), f"{key}.{name} differs after resume"
+
+
+def _roundtrip(state):
+    import io
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_phase_two_leaves_the_completion_network_untouched(bank):
+    phase1 = _run(1, None, bank)
+    phase2 = _run(2, phase1, bank)
+    for name, value in phase1["completion"].items():
+        assert torch.equal(value, phase2["completion"][name]), name
+    assert any(not torch.equal(v, phase2["discriminator"][k]) for k, v in phase1["discriminator"].items())
+
+
+def test_completion_step_leaves_no_gradient_in_the_discriminator():
+    torch.manual_seed(0)
+    completion, discriminator = build_networks(ModelConfig(image_size=32, width=0.125))
+    real = torch.rand(4, 3, 32, 32)
+    holes = sample_holes(4, MaskConfig(image_size=32), torch.Generator().manual_seed(0))
+    mask, origins = holes_to_mask(holes, 32), patch_origins(holes, 32, 16)
+    optimizer = torch.optim.Adam(completion.parameters())
+    mse, adversarial = completion_step(optimizer, complete(completion, real, mask, MEAN), real, mask, origins,
+                                       discriminator, alpha=1.0)
+    assert adversarial > 0 and mse > 0
+    assert all(p.grad is None for p in discriminator.parameters())
+    assert all(p.requires_grad for p in discriminator.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in completion.parameters())
+
+
+def test_later_phases_need_a_starting_state(bank):
+    with pytest.raises(ValueError, match="needs the state of phase 1"):
+        _run(2, None, bank)

@@ -53,8 +53,8 @@ def decode_image(data: bytes, image_size: int, max_pixels: int, *,
     - Truncated files are rejected; Pillow's LOAD_TRUNCATED_IMAGES is not changed here.
     """
     try:
-        # Turns Pillow's bomb warning into an exception for this call only; the filter
-        # state is restored on exit.
+        # Turns Pillow's bomb warning into an exception; the filters are restored on exit,
+        # but they are process-wide, so other threads may see this one meanwhile.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:

@@ -1,37 +1,103 @@
 """Decoding one source image into a square RGB array of the target size."""
 import hashlib
 import io
+import math
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
+
+# Formats an image collection plausibly holds. Naming them keeps Pillow from handing
+# arbitrary files to plugins such as EPS, which runs Ghostscript on the input.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+
+# Pillow shrinks cheaply (JPEG DCT scaling, box reduction) down to this multiple of the
+# target before the LANCZOS pass; its documentation calls 3 indistinguishable from a
+# full-quality resize.
+REDUCING_GAP = 3.0
+
+TRANSPARENCY_BACKGROUND = (255, 255, 255, 255)
+
+# Modes holding more than 8 bits per grey level. Pillow's convert() clips these at 255
+# instead of rescaling, turning most of a 16-bit scan white.
+_WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_WIDE_GREY_MAX = 65535
 
 
 class RejectedImage(Exception):
     """A source file that cannot become a training image; the message is the reason."""
 
 
-def decode_image(data: bytes, image_size: int, max_pixels: int) -> np.ndarray:
+def content_hash(data: bytes) -> str:
+    """SHA-256 hex digest of the encoded bytes, for spotting byte-identical duplicates."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode_image(data: bytes, image_size: int, max_pixels: int, *,
+                 reject_smaller: bool = False) -> np.ndarray:
     """Decode encoded image bytes to an (image_size, image_size, 3) uint8 array.
 
-    Centre-crops to a square and resizes with an antialiasing filter.
-    Raises RejectedImage with a short reason for anything unusable.
+    Centre-crops to a square and resizes with LANCZOS antialiasing. Raises RejectedImage
+    with a short reason for anything unusable; it never raises anything else for bad data.
+
+    Choices for awkward inputs:
+    - Only ACCEPTED_FORMATS are opened; anything else, whatever its extension, is "not an image".
+    - Images over max_pixels are rejected from the header, before any pixel is decoded.
+      Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS, left untouched) also
+      rejects, so the effective limit is the lower of the two.
+    - Transparency (RGBA, LA, palette or colour-key transparency) is composited onto white.
+    - 16-bit (and 32-bit integer "I") greyscale is scaled from 0..65535 to 0..255.
+    - EXIF orientation is applied before cropping; animated files give their first frame.
+    - Images smaller than image_size are upscaled, unless reject_smaller is set, in which
+      case an image whose short side is below image_size is rejected.
+    - Truncated files are rejected; Pillow's LOAD_TRUNCATED_IMAGES is not changed here.
     """
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.width * image.height > max_pixels:
-                raise RejectedImage(f"too many pixels: {image.width}x{image.height} > {max_pixels}")
-            image = ImageOps.exif_transpose(image).convert("RGB")
-            side = min(image.size)
-            left, top = (image.width - side) // 2, (image.height - side) // 2
-            image = image.resize((image_size, image_size), Image.Resampling.LANCZOS,
-                                 box=(left, top, left + side, top + side))
-            return np.asarray(image, dtype=np.uint8)
+        # Turns Pillow's bomb warning into an exception; the filters are restored on exit,
+        # but they are process-wide, so other threads may see this one meanwhile.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
+                _check_dimensions(image.size, image_size, max_pixels, reject_smaller)
+                draft_side = math.ceil(image_size * REDUCING_GAP)
+                image.draft("RGB", (draft_side, draft_side))
+                upright = ImageOps.exif_transpose(image)
+                return _square_resize(_to_rgb(upright), image_size)
     except RejectedImage:
         raise
-    except Exception as error:  # Pillow raises many types for bad files
+    except Image.UnidentifiedImageError:
+        raise RejectedImage(f"not an image (accepted: {', '.join(ACCEPTED_FORMATS)})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise RejectedImage(f"decompression bomb: {error}") from error
+    except Exception as error:  # Pillow raises many types (OSError, SyntaxError, ValueError...) for bad files
         raise RejectedImage(f"cannot decode: {error}") from error
 
 
-def content_hash(data: bytes) -> str:
-    """sha256 of a file's bytes, to keep byte-identical duplicates once."""
-    return hashlib.sha256(data).hexdigest()
+def _check_dimensions(size, image_size, max_pixels, reject_smaller):
+    width, height = size
+    if width * height > max_pixels:
+        raise RejectedImage(f"too many pixels: {width}x{height} > {max_pixels}")
+    if reject_smaller and min(width, height) < image_size:
+        raise RejectedImage(f"too small: {width}x{height}, short side below {image_size}")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in _WIDE_GREY_MODES:
+        levels = np.asarray(image).astype(np.float32) * (255 / _WIDE_GREY_MAX)
+        grey = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode == "F":
+        raise RejectedImage("unsupported pixel format: floating point")
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, TRANSPARENCY_BACKGROUND)
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _square_resize(image: Image.Image, image_size: int) -> np.ndarray:
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    resized = image.resize((image_size, image_size), Image.Resampling.LANCZOS,
+                           box=(left, top, left + side, top + side), reducing_gap=REDUCING_GAP)
+    return np.array(resized, dtype=np.uint8)

@@ -1,0 +1,251 @@
+import io
+import struct
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, JpegImagePlugin
+
+from pipeline.imagefiles import RejectedImage, content_hash, decode_image
+
+IMAGE_SIZE = 32
+MAX_PIXELS = 10_000_000
+RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
+
+
+def encode(image, format, **options):
+    buffer = io.BytesIO()
+    image.save(buffer, format, **options)
+    return buffer.getvalue()
+
+
+def png_header_only(width, height):
+    """A PNG that declares width x height but carries almost no pixel data."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def noisy(size, mode="RGB"):
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
+
+
+def halves(left, right, size=64, mode="RGB"):
+    image = Image.new(mode, (size, size), left)
+    image.paste(right, (size // 2, 0, size, size))
+    return image
+
+
+def palette_half_transparent():
+    image = Image.new("P", (64, 64), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0])
+    image.paste(1, (32, 0, 64, 64))
+    return image
+
+
+def grey16_stripes():
+    levels = np.repeat(np.array([[0] * 32 + [32768] * 32 + [65535] * 32], dtype=np.uint16), 96, axis=0)
+    return Image.fromarray(levels)
+
+
+def exif_rotated_jpeg():
+    """Top half red, bottom half blue on disk; orientation 6 says rotate 90 degrees clockwise."""
+    stored = Image.new("RGB", (64, 64), RED)
+    stored.paste(BLUE, (0, 32, 64, 64))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(stored, "JPEG", quality=95, exif=exif)
+
+
+def animated(format):
+    frames = [Image.new("RGB", (48, 48), colour) for colour in (RED, BLUE, GREEN)]
+    return encode(frames[0], format, save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def awkward_files():
+    good_jpeg = encode(noisy((256, 256)), "JPEG", quality=90)
+    good_png = encode(noisy((128, 128)), "PNG")
+    return {
+        "photo.jpg": encode(noisy((64, 48)), "JPEG"),
+        "zero_bytes.jpg": b"",
+        "truncated.jpg": good_jpeg[: len(good_jpeg) // 2],
+        "truncated.png": good_png[: len(good_png) // 2],
+        "text_named.jpg": b"hello, this is not a picture\n",
+        "page_named.png": b"<!DOCTYPE html><html><body>Quota exceeded</body></html>",
+        "postscript.eps": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",
+        "bomb_header.png": png_header_only(5_000, 5_000),
+        "cmyk.jpg": encode(Image.new("CMYK", (64, 64), (0, 255, 255, 0)), "JPEG", quality=95),
+        "palette_transparent.png": encode(palette_half_transparent(), "PNG", transparency=0),
+        "palette_transparent.gif": encode(palette_half_transparent(), "GIF", transparency=0),
+        "la_transparent.png": encode(Image.new("LA", (64, 64), (0, 0)), "PNG"),
+        "rgba_half.png": encode(Image.new("RGBA", (64, 64), (0, 0, 0, 128)), "PNG"),
+        "grey16.png": encode(grey16_stripes(), "PNG"),
+        "grey16.tif": encode(grey16_stripes(), "TIFF"),
+        "float.tif": encode(Image.new("F", (64, 64), 0.5), "TIFF"),
+        "exif_rotated.jpg": exif_rotated_jpeg(),
+        "animated.gif": animated("GIF"),
+        "animated.png": animated("PNG"),
+        "tiny.png": encode(Image.new("RGB", (8, 8), GREEN), "PNG"),
+        "bitmap.bmp": encode(noisy((40, 40)), "BMP"),
+        "photo.webp": encode(noisy((40, 40)), "WEBP"),
+    }
+
+
+KEPT = {"photo.jpg", "cmyk.jpg", "palette_transparent.png", "palette_transparent.gif",
+        "la_transparent.png", "rgba_half.png", "grey16.png", "grey16.tif", "exif_rotated.jpg",
+        "animated.gif", "animated.png", "tiny.png", "bitmap.bmp", "photo.webp"}
+REJECTION_REASONS = {
+    "zero_bytes.jpg": "not an image",
+    "truncated.jpg": "cannot decode",
+    "truncated.png": "cannot decode",
+    "text_named.jpg": "not an image",
+    "page_named.png": "not an image",
+    "postscript.eps": "not an image",
+    "bomb_header.png": "too many pixels",
+    "float.tif": "unsupported pixel format",
+}
+
+
+@pytest.fixture(scope="module")
+def awkward_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("awkward")
+    for name, data in awkward_files().items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def decode_file(folder, name, **options):
+    return decode_image((folder / name).read_bytes(), IMAGE_SIZE, MAX_PIXELS, **options)
+
+
+def test_every_awkward_file_has_an_expectation():
+    assert KEPT | set(REJECTION_REASONS) == set(awkward_files())
+
+
+@pytest.mark.parametrize("name", sorted(KEPT))
+def test_awkward_files_kept(awkward_folder, name):
+    pixels = decode_file(awkward_folder, name)
+    assert pixels.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert pixels.dtype == np.uint8
+
+
+@pytest.mark.parametrize("name", sorted(REJECTION_REASONS))
+def test_awkward_files_rejected_with_reason(awkward_folder, name):
+    with pytest.raises(RejectedImage) as rejected:
+        decode_file(awkward_folder, name)
+    assert str(rejected.value).startswith(REJECTION_REASONS[name])
+
+
+def test_pixel_limit_checked_before_decoding(awkward_folder):
+    # The header declares 25M pixels (under Pillow's own limit) of which none are
+    # decodable: only a header check can produce this reason.
+    with pytest.raises(RejectedImage, match="too many pixels: 5000x5000 > 10000000"):
+        decode_file(awkward_folder, "bomb_header.png")
+
+
+def test_pixel_limit_is_the_callers_not_pillows():
+    data = encode(noisy((100, 100)), "PNG")
+    assert decode_image(data, IMAGE_SIZE, max_pixels=10_000).shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+    with pytest.raises(RejectedImage, match="too many pixels"):
+        decode_image(data, IMAGE_SIZE, max_pixels=9_999)
+
+
+@pytest.mark.parametrize("side", [10_000, 20_000])  # Pillow's warning, then its error
+def test_pillow_bomb_checks_become_rejections(side):
+    filters_before = list(warnings.filters)
+    limit_before = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(RejectedImage, match="decompression bomb"):
+        decode_image(png_header_only(side, side), IMAGE_SIZE, max_pixels=10**12)
+    assert Image.MAX_IMAGE_PIXELS == limit_before
+    assert warnings.filters == filters_before
+
+
+def assert_colour(pixel, expected, tolerance=12):
+    assert np.abs(pixel.astype(int) - np.array(expected)).max() <= tolerance, (pixel, expected)
+
+
+def test_cmyk_becomes_matching_rgb(awkward_folder):
+    assert_colour(decode_file(awkward_folder, "cmyk.jpg")[16, 16], RED)
+
+
+@pytest.mark.parametrize("name", ["palette_transparent.png", "palette_transparent.gif"])
+def test_palette_transparency_composited_on_white(awkward_folder, name):
+    pixels = decode_file(awkward_folder, name)
+    assert_colour(pixels[16, 2], WHITE, tolerance=0)
+    assert_colour(pixels[16, 29], RED, tolerance=0)
+
+
+def test_alpha_composited_on_white(awkward_folder):
+    assert_colour(decode_file(awkward_folder, "la_transparent.png")[16, 16], WHITE, tolerance=0)
+    assert_colour(decode_file(awkward_folder, "rgba_half.png")[16, 16], (127, 127, 127), tolerance=1)
+
+
+@pytest.mark.parametrize("name", ["grey16.png", "grey16.tif"])
+def test_sixteen_bit_grey_is_scaled_not_clipped(awkward_folder, name):
+    pixels = decode_file(awkward_folder, name)
+    assert_colour(pixels[16, 2], (0, 0, 0), tolerance=1)
+    assert_colour(pixels[16, 16], (128, 128, 128), tolerance=1)
+    assert_colour(pixels[16, 29], WHITE, tolerance=1)
+
+
+def test_exif_orientation_applied(awkward_folder):
+    pixels = decode_file(awkward_folder, "exif_rotated.jpg")
+    assert_colour(pixels[16, 2], BLUE, tolerance=30)
+    assert_colour(pixels[16, 29], RED, tolerance=30)
+
+
+@pytest.mark.parametrize("name", ["animated.gif", "animated.png"])
+def test_animated_gives_first_frame(awkward_folder, name):
+    assert_colour(decode_file(awkward_folder, name)[16, 16], RED, tolerance=0)
+
+
+def test_small_images_upscaled_unless_rejected(awkward_folder):
+    assert_colour(decode_file(awkward_folder, "tiny.png")[16, 16], GREEN, tolerance=0)
+    with pytest.raises(RejectedImage, match="too small: 8x8"):
+        decode_file(awkward_folder, "tiny.png", reject_smaller=True)
+    assert decode_file(awkward_folder, "cmyk.jpg", reject_smaller=True).shape == (32, 32, 3)
+
+
+def test_centre_crop_of_wide_image():
+    wide = Image.new("RGB", (96, 32), RED)
+    wide.paste(GREEN, (32, 0, 64, 32))
+    wide.paste(BLUE, (64, 0, 96, 32))
+    pixels = decode_image(encode(wide, "PNG"), 16, MAX_PIXELS)
+    # LANCZOS reads a little past the crop box, so the edges show faint ringing.
+    assert_colour(pixels[8, 0], GREEN, tolerance=20)
+    assert_colour(pixels[8, 8], GREEN, tolerance=0)
+    assert_colour(pixels[8, 15], GREEN, tolerance=20)
+
+
+def test_downscaling_is_antialiased():
+    checkerboard = (np.indices((256, 256)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    pixels = decode_image(encode(Image.fromarray(checkerboard), "PNG"), 32, MAX_PIXELS)
+    assert np.abs(pixels.astype(int) - 127).max() <= 3
+
+
+def test_large_jpeg_uses_reduced_dct_decoding(monkeypatch):
+    drafted_sizes = []
+    original_draft = JpegImagePlugin.JpegImageFile.draft
+
+    def recording_draft(self, mode, size):
+        result = original_draft(self, mode, size)
+        drafted_sizes.append(self.size)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", recording_draft)
+    image = halves(RED, BLUE, size=2048)
+    pixels = decode_image(encode(image, "JPEG", quality=90), 64, MAX_PIXELS)
+    assert drafted_sizes == [(256, 256)]
+    assert_colour(pixels[32, 4], RED, tolerance=20)
+    assert_colour(pixels[32, 60], BLUE, tolerance=20)
+
+
+def test_content_hash_identifies_identical_bytes():
+    data = encode(noisy((16, 16)), "PNG")
+    assert content_hash(data) == content_hash(bytes(data))
+    assert content_hash(data) != content_hash(data + b"\0")
+    assert content_hash(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

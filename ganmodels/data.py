@@ -15,7 +15,7 @@ class ImageBank:
     def __init__(self, arrays: Sequence[np.ndarray], device: torch.device | str):
         if not arrays or sum(len(a) for a in arrays) == 0:
             raise ValueError("no images to train on: the split is empty")
-        self.images = torch.cat([torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]).to(device)
+        self.images = torch.from_numpy(np.concatenate(arrays)).to(device)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -32,5 +32,5 @@ class ImageBank:
 
 def to_float(images: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """uint8 images to a float tensor in [0, 1] on the device."""
-    tensor = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    tensor = torch.from_numpy(np.array(images)) if isinstance(images, np.ndarray) else images
     return tensor.to(device).float().div_(255)

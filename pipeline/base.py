@@ -40,13 +40,20 @@ class ArtifactTask(luigi.Task):
     def upstream(self) -> list["ArtifactTask"]:
         return flatten(self.requires())
 
+    def source_fingerprint(self) -> str | None:
+        """For tasks that read data outside the pipeline: changes whenever that data changes."""
+        return None
+
     def artifact_hash(self) -> str:
-        identity = {
-            "family": self.get_task_family(),
-            "params": self.to_str_params(only_significant=True),
-            "upstream": sorted(task.artifact_hash() for task in self.upstream()),
-        }
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+        if "_artifact_hash" not in self.__dict__:  # parameters are immutable, so compute once
+            identity = {
+                "family": self.get_task_family(),
+                "params": self.to_str_params(only_significant=True),
+                "upstream": sorted(task.artifact_hash() for task in self.upstream()),
+                "source": self.source_fingerprint(),
+            }
+            self._artifact_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+        return self._artifact_hash
 
     @property
     def directory(self) -> str:

@@ -53,6 +53,10 @@ class PrepareImages(ArtifactTask):
         if self.image_size < 8:
             raise ValueError(f"image_size must be at least 8, got {self.image_size}")
 
+    def source_fingerprint(self) -> str | None:
+        # A user's folder can gain or lose files under the same path; a new listing means a new run.
+        return sources.folder_fingerprint(self.source) if self.dataset == "folder" else None
+
     def build(self):
         folder, official_split = sources.resolve(self.dataset, self.source)
         paths = sources.list_files(folder)

@@ -4,6 +4,7 @@ import re
 
 import luigi
 import luigi.util
+import numpy as np
 import pandas as pd
 import torch
 from torchvision.utils import make_grid, save_image
@@ -177,7 +178,7 @@ class RenderEvalGrid(EvaluationParameters, ArtifactTask):
     def build(self):
         shards, model_task = self.requires()["shards"], self.requires()["model"]
         val = shards.split_arrays("val") or shards.split_arrays("train")
-        images = to_float(val[0][: self.grid_images], "cpu")
+        images = to_float(np.concatenate([shard[: self.grid_images] for shard in val])[: self.grid_images], "cpu")
         mean_pixel = torch.tensor(shards.mean_pixel())
         mask = fixed_masks(len(images), model_task.mask_config, self.eval_seed)
         completion = load_completion(load_state(model_task.path(FINAL_STATE)))

@@ -83,6 +83,16 @@ def list_files(folder: str) -> list[str]:
     return sorted(found)
 
 
+def folder_fingerprint(folder: str) -> str:
+    """sha256 over every file's relative path, size and modification time; empty if no such folder."""
+    digest = hashlib.sha256()
+    folder = os.path.expanduser(folder)
+    for relative_path in (list_files(folder) if os.path.isdir(folder) else []):
+        info = os.stat(os.path.join(folder, relative_path))
+        digest.update(f"{relative_path}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def hash_split(relative_path: str, val_fraction: float, test_fraction: float) -> str:
     """A split that depends on the file's path alone, so adding files never moves old ones."""
     position = int.from_bytes(hashlib.sha256(relative_path.encode()).digest()[:8], "big") / 2 ** 64

@@ -115,6 +115,7 @@ def train_phase(config: PhaseConfig, model_config: ModelConfig, mask_config: Mas
             "opt_completion": opt_completion.state_dict(), "opt_discriminator": opt_discriminator.state_dict(),
             "rng": _rng_state(sampler), "history": history,
             "model_config": model_config.to_dict(), "mask_config": mask_config.to_dict(),
+            "mean_pixel": mean_pixel.tolist(),  # the hole fill the network was trained with, needed to use it
             "phase_config": config.to_dict(),
         }
 

@@ -2,6 +2,7 @@
 import io
 import re
 
+import cv2
 import luigi
 import luigi.util
 import numpy as np
@@ -190,9 +191,26 @@ class RenderEvalGrid(EvaluationParameters, ArtifactTask):
         return {"phase": self.phase, "images": len(images)}
 
 
+CLASSICAL_METHODS = {"telea": cv2.INPAINT_TELEA, "navier_stokes": cv2.INPAINT_NS}
+CLASSICAL_RADIUS = 3  # neighbourhood, in pixels, that OpenCV's inpainting draws each hole pixel from
+
+
+def classical_inpaint(images: torch.Tensor, mask: torch.Tensor, method: str) -> torch.Tensor:
+    """OpenCV's inpainting of each image (CPU, float in [0, 1]), pasted into the known pixels like the model's."""
+    pixels = np.ascontiguousarray(images.mul(255).round().byte().permute(0, 2, 3, 1).numpy())
+    holes = mask[:, 0].byte().numpy()
+    filled = np.stack([cv2.inpaint(image, hole, CLASSICAL_RADIUS, CLASSICAL_METHODS[method])
+                       for image, hole in zip(pixels, holes)])
+    return torch.lerp(images, to_float(filled, "cpu").permute(0, 3, 1, 2), mask)
+
+
 @luigi.util.inherits(TrainJoint)
 class EvaluateInpainter(EvaluationParameters, ArtifactTask):
-    """PSNR and L1 inside the holes and SSIM of the whole image over the test split, against mean fill."""
+    """PSNR and L1 inside the holes and SSIM of the whole image over the test split.
+
+    The model is measured next to the mean-fill input (the floor) and OpenCV's Telea and
+    Navier-Stokes inpainting (classical baselines) on the same images and masks.
+    """
 
     def requires(self):
         return {"shards": self.clone(BuildShards), "model": self.clone(TrainJoint)}
@@ -212,7 +230,8 @@ class EvaluateInpainter(EvaluationParameters, ArtifactTask):
                 mask = masks[start:start + len(images)]
                 with torch.no_grad():
                     candidates = {"model": complete(completion, images, mask, mean_pixel),
-                                  "mean_fill": fill_holes(images, mask, mean_pixel)}
+                                  "mean_fill": fill_holes(images, mask, mean_pixel),
+                                  **{name: classical_inpaint(images, mask, name) for name in CLASSICAL_METHODS}}
                 for method, predicted in candidates.items():
                     values = {k: v.numpy() for k, v in inpainting_metrics(predicted, images, mask).items()}
                     frames.append(pd.DataFrame({"method": method, "image": range(offset + start, offset + start + len(images)),

@@ -4,6 +4,7 @@ Every task reads and writes through these functions with paths under the artifac
 root from `[artifacts] root` in luigi.cfg. Writes are atomic: data goes to a temporary
 name and is renamed into place when the file is closed without error.
 """
+import datetime
 import hashlib
 import json
 import os
@@ -80,6 +81,20 @@ def list_files(directory: str) -> list[str]:
             if "-luigi-tmp-" not in name:  # unfinished atomic writes
                 found.append(os.path.relpath(os.path.join(dirpath, name), directory))
     return sorted(found)
+
+
+def list_dirs(directory: str) -> list[str]:
+    """Names of the directories directly under `directory`, sorted; empty if it does not exist."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
+
+
+def last_modified(directory: str) -> datetime.datetime:
+    """When anything below `directory` was last written (UTC): its newest file, or itself if empty."""
+    times = [os.path.getmtime(os.path.join(directory, name)) for name in list_files(directory)]
+    newest = max(times, default=os.path.getmtime(directory))
+    return datetime.datetime.fromtimestamp(newest, datetime.timezone.utc)
 
 
 def local_path(path: str) -> str:

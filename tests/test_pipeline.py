@@ -54,7 +54,7 @@ def test_chain_end_to_end_writes_grids_metrics_and_manifests(artifact_root, imag
         assert set(manifest["files"]) == set(storage.list_files(t.directory)) - {"manifest.json"}
 
     summary = storage.read_json(task.path("result.json"))
-    assert set(summary["metrics_summary"]["methods"]) == {"model", "mean_fill"}
+    assert set(summary["metrics_summary"]["methods"]) == {"model", "mean_fill", "telea", "navier_stokes"}
     shown = storage.read_json(os.path.join(os.path.dirname(summary["grids"]["phase1"]), "manifest.json"))
     assert shown["summary"]["images"] == min(TINY["grid_images"], sum(map(len, _shards(task).split_arrays("val"))))
     for phase in (1, 2, 3):

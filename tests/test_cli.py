@@ -1,0 +1,221 @@
+"""`python -m pipeline` commands on a tiny completed run, on local disk and on S3."""
+import io
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline import storage
+from pipeline.cli import main, poisson_blend
+from tests.conftest import REPO_ROOT
+
+RUN_COUNT = 10  # the TINY TrainInpainter chain: 7 task families, RenderEvalGrid three times
+INCOMPLETE = "PretrainCompletion-0123456789"
+
+
+def run_command(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_name(root: str, family: str) -> str:
+    return next(name for name in storage.list_dirs(root) if name.startswith(family + "-"))
+
+
+def add_incomplete_run(root: str) -> None:
+    """A training directory that an interrupted run left: a checkpoint and no manifest."""
+    with storage.open_write(storage.join(root, INCOMPLETE, "checkpoints/step-0000003.pt")) as file:
+        file.write(b"not a real checkpoint")
+
+
+def table_rows(output: str) -> list[str]:
+    return output.strip().splitlines()[1:]  # below the header
+
+
+def test_runs_lists_every_task_directory_with_its_status_and_filters(run_root, capsys):
+    add_incomplete_run(run_root)
+    code, out, _ = run_command(capsys, "runs", "--root", run_root)
+    assert code == 0
+    rows = table_rows(out)
+    assert len(rows) == RUN_COUNT + 1
+    assert sum(" complete " in row for row in rows) == RUN_COUNT
+    incomplete = next(row for row in rows if "0123456789" in row)
+    assert "incomplete: checkpoint at step 3, last write" in incomplete
+    final = next(row for row in rows if row.lstrip().startswith("TrainInpainter"))
+    assert "psnr_hole model" in final and "best baseline" in final and "phase3_steps=4" in final
+
+    assert len(table_rows(run_command(capsys, "runs", "--root", run_root, "--family", "rendereVALgrid")[1])) == 3
+    assert "no matching runs" in run_command(capsys, "runs", "--root", run_root, "--family", "RenderEval")[1]
+    assert len(table_rows(run_command(capsys, "runs", "--root", run_root, "--dataset", "folder")[1])) == RUN_COUNT
+    assert "no matching runs" in run_command(capsys, "runs", "--root", run_root, "--dataset", "sample")[1]
+
+
+def test_show_prints_parameters_upstream_chain_files_and_metrics(run_root, capsys):
+    code, out, _ = run_command(capsys, "show", "TrainInpainter", "--root", run_root)
+    assert code == 0
+    assert "phase3_steps = 4" in out and "[complete, finished" in out
+    for name in storage.list_dirs(run_root):  # the whole chain is upstream of the final task
+        assert name in out
+    assert "result.json" in out and "navier_stokes" in out and "telea" in out
+
+    joint = run_name(run_root, "TrainJoint")
+    code, out, _ = run_command(capsys, "show", joint.split("-")[1][:6], "--root", run_root)  # a hash prefix
+    assert code == 0 and out.startswith(joint)
+    assert re.search(r"\d+\.\d MiB  model\.pt", out) and re.search(r"\d+ B  history\.csv", out) and '"mse"' in out
+
+
+def test_show_explains_unknown_and_ambiguous_names(run_root, capsys):
+    code, _, err = run_command(capsys, "show", "RenderEvalGrid", "--root", run_root)
+    assert code == 2 and "matches 3 runs" in err
+    code, _, err = run_command(capsys, "show", "NoSuchTask", "--root", run_root)
+    assert code == 2 and "no run under" in err
+
+
+def write_image_and_mask(folder, name, width, height, seed=0):
+    """A smooth image whose holes are painted pure red, and the mask of those holes (one at the border)."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 1, width)[None, :, None] * rng.uniform(50, 200, 3) + np.linspace(0, 1, height)[:, None, None] * 40
+    image = np.clip(ramp + 20, 0, 255).astype(np.uint8)
+    mask = np.zeros((height, width), bool)
+    mask[height // 4:height // 2, width // 3:width // 2 + 3] = True
+    mask[:4, -5:] = True  # touches the top and right borders
+    image[mask] = (255, 0, 0)
+    os.makedirs(folder, exist_ok=True)
+    Image.fromarray(image).save(os.path.join(folder, f"{name}.png"))
+    Image.fromarray(mask.astype(np.uint8) * 255).save(os.path.join(folder, f"{name}-mask.bmp"))
+    return os.path.join(folder, f"{name}.png"), os.path.join(folder, f"{name}-mask.bmp"), image, mask
+
+
+@pytest.mark.parametrize("poisson", [False, True], ids=["pasted", "poisson"])
+def test_infill_fills_the_mask_at_the_image_size_and_keeps_known_pixels(run_root, tmp_path, capsys, poisson):
+    image_path, mask_path, image, mask = write_image_and_mask(str(tmp_path), "photo", 45, 30)  # not multiples of 4
+    outputs = {}
+    joint_checkpoint = storage.join(run_root, run_name(run_root, "TrainJoint"), "model.pt")
+    for model in ("TrainInpainter", joint_checkpoint):
+        out = str(tmp_path / f"out-{len(outputs)}.png")
+        code, _, err = run_command(capsys, "infill", "--root", run_root, "--model", model, "--image", image_path,
+                                   "--mask", mask_path, "--out", out, *(["--poisson"] if poisson else []))
+        assert code == 0, err
+        outputs[model] = np.array(Image.open(out))
+    result = outputs["TrainInpainter"]
+    assert result.shape == image.shape
+    assert (result[~mask] == image[~mask]).all()
+    assert not (result[mask] == (255, 0, 0)).all(axis=1).any()  # every hole pixel was replaced
+    assert (outputs[joint_checkpoint] == result).all()  # the run's model is its final TrainJoint checkpoint
+
+
+def test_infill_over_a_folder_matches_masks_by_name(run_root, tmp_path, capsys):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    sizes = {"wide": (37, 22), "tall": (18, 41)}
+    for name, (width, height) in sizes.items():
+        image_path, mask_path, _, _ = write_image_and_mask(str(images), name, width, height)
+        os.makedirs(masks, exist_ok=True)
+        os.replace(mask_path, masks / f"{name}.bmp")
+    code, out, err = run_command(capsys, "infill", "--root", run_root, "--model", "TrainInpainter",
+                                 "--image", str(images), "--mask", str(masks), "--out", str(tmp_path / "filled"))
+    assert code == 0, err
+    for name, size in sizes.items():
+        assert Image.open(tmp_path / "filled" / f"{name}.png").size == size
+
+    os.remove(masks / "tall.bmp")
+    code, _, err = run_command(capsys, "infill", "--root", run_root, "--model", "TrainInpainter",
+                               "--image", str(images), "--mask", str(masks), "--out", str(tmp_path / "filled"))
+    assert code == 2 and "no mask for tall.png" in err
+
+
+def test_infill_rejects_masks_of_the_wrong_size_and_empty_masks(tiny_run_root, tmp_path, capsys):
+    image_path, _, _, _ = write_image_and_mask(str(tmp_path), "photo", 45, 30)
+    Image.new("L", (44, 30), 255).save(tmp_path / "small.png")
+    Image.new("L", (45, 30), 0).save(tmp_path / "empty.png")
+    for mask, message in (("small.png", "is 44x30 pixels but image"), ("empty.png", "has no white pixels")):
+        code, _, err = run_command(capsys, "infill", "--root", tiny_run_root, "--model", "TrainInpainter",
+                                   "--image", image_path, "--mask", str(tmp_path / mask), "--out", str(tmp_path / "x.png"))
+        assert code == 2 and message in err and not os.path.exists(tmp_path / "x.png")
+    code, _, err = run_command(capsys, "infill", "--root", tiny_run_root, "--model", "EvaluateInpainter",
+                               "--image", image_path, "--mask", str(tmp_path / "empty.png"), "--out", "x.png")
+    assert code == 2 and "no checkpoint at" in err
+
+
+def test_poisson_blending_fits_a_wrong_fill_to_its_surroundings():
+    height, width = 24, 30
+    image = np.zeros((height, width, 3), np.uint8)
+    image[..., 0] = np.linspace(0, 240, width).astype(np.uint8)[None, :]
+    image[..., 1] = np.linspace(0, 200, height).astype(np.uint8)[:, None]
+    mask = np.zeros((height, width), bool)
+    mask[6:16, 8:20] = mask[0:5, 25:] = True  # one hole inside, one in the top-right corner
+    flat_grey = np.full_like(image, 128)
+    blended = poisson_blend(image, flat_grey, mask)
+    assert (blended[~mask] == image[~mask]).all()
+    error = lambda fill: np.abs(fill[mask].astype(int) - image[mask]).mean()  # noqa: E731
+    assert error(blended) < error(flat_grey) / 4
+
+
+def write_dcgan_run(root: str) -> str:
+    """A DCGAN run as TrainDCGAN writes it: model.pt with generator, ema_generator and config, then a manifest."""
+    from ganmodels.dcgan import Generator
+
+    name = "TrainDCGAN-00000000aa"
+    config = {"image_size": 32, "latent_size": 8, "width": 4, "projection": "linear", "steps": 1}
+    state = {"generator": Generator(32, 8, 4).state_dict(), "ema_generator": None, "config": config, "step": 1}
+    with storage.open_write(storage.join(root, name, "model.pt")) as file:
+        torch.save(state, file)
+    storage.write_json(storage.join(root, name, "manifest.json"),
+                       {"task_family": "TrainDCGAN", "parameters": {}, "upstream": {}, "summary": {},
+                        "files": {}, "finished": "2026-01-01T00:00:00+00:00"})
+    return name
+
+
+def test_sample_draws_a_grid_and_latent_walks_from_a_dcgan_run(run_root, tmp_path, capsys):
+    pytest.importorskip("ganmodels.dcgan", reason="DCGAN runs arrive with ganmodels/dcgan.py")
+    name = write_dcgan_run(run_root)
+    for extra in ([], ["--interpolate"]):
+        out = tmp_path / f"grid{len(extra)}.png"
+        code, _, err = run_command(capsys, "sample", "--root", run_root, "--model", name, "--n", "6",
+                                   "--per-row", "3", "--out", str(out), *extra)
+        assert code == 0, err
+        assert Image.open(out).size == (3 * 34 + 2, 2 * 34 + 2)  # 32 px images, 2 px padding
+    code, _, err = run_command(capsys, "sample", "--root", run_root, "--model", name, "--n", "7",
+                               "--per-row", "3", "--interpolate", "--out", str(tmp_path / "x.png"))
+    assert code == 2 and "not a multiple" in err
+    code, _, err = run_command(capsys, "sample", "--root", run_root, "--model", "TrainInpainter",
+                               "--out", str(tmp_path / "x.png"))
+    assert code == 2 and "holds no generator network" in err
+
+
+def test_clean_removes_only_old_incomplete_runs_after_confirmation(run_root, capsys, monkeypatch):
+    add_incomplete_run(run_root)
+    incomplete = storage.join(run_root, INCOMPLETE)
+    code, out, _ = run_command(capsys, "clean", "--root", run_root, "--older-than", "1h", "--yes")
+    assert code == 0 and "no incomplete runs older than" in out and storage.list_files(incomplete)
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
+    code, out, _ = run_command(capsys, "clean", "--root", run_root, "--older-than", "0s")
+    assert code == 0 and INCOMPLETE in out and "nothing removed" in out
+    assert storage.list_files(incomplete)
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
+    code, out, _ = run_command(capsys, "clean", "--root", run_root, "--older-than", "0s")
+    assert code == 0 and f"removed {incomplete}" in out
+    assert not storage.list_files(incomplete)
+    assert len(storage.list_dirs(run_root)) == RUN_COUNT
+    assert all(storage.exists(storage.join(run_root, name, "manifest.json")) for name in storage.list_dirs(run_root))
+
+    code, _, err = run_command(capsys, "clean", "--root", run_root, "--older-than", "soon")
+    assert code == 2 and "--older-than takes an age" in err
+
+
+def test_python_m_pipeline_is_a_command_next_to_luigi_module_pipeline(tiny_run_root):
+    # tiny_run_root itself was built with `luigi --module pipeline`, so importing the package stays task-only.
+    command = [sys.executable, "-m", "pipeline"]
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    listed = subprocess.run([*command, "runs", "--root", tiny_run_root], env=env, capture_output=True, text=True)
+    assert listed.returncode == 0 and "TrainInpainter" in listed.stdout, listed.stderr
+    failed = subprocess.run([*command, "show", "Nothing", "--root", tiny_run_root], env=env,
+                            capture_output=True, text=True)
+    assert failed.returncode == 2 and failed.stderr.startswith("error: no run under") and "Traceback" not in failed.stderr

@@ -18,6 +18,7 @@ setup(
         "scikit-image>=0.22",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "opencv-python-headless>=4.8",
         "scipy>=1.10",
         "requests>=2.31",
         "gdown>=5.0",

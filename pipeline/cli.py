@@ -25,7 +25,7 @@ from ganmodels.training import load_completion
 
 from . import report, sources, storage
 from .base import MANIFEST
-from .imagefiles import ACCEPTED_FORMATS, _to_rgb
+from .imagefiles import ACCEPTED_FORMATS, RejectedImage, _to_rgb
 from .inpainting import CHECKPOINT_PATTERN, CLASSICAL_RADIUS, FINAL_STATE, load_state, resolve_device
 
 RUN_NAME = re.compile(r"^(?P<family>[A-Za-z_]\w*)-(?P<hash>[0-9a-f]+)$")
@@ -139,24 +139,16 @@ def progress(run: Run) -> str:
     return f"incomplete: {reached}, last write {_timestamp(storage.last_modified(run.directory))} UTC"
 
 
-def _numbers(values: dict, prefix: str = "") -> dict[str, float]:
-    """The numeric entries of a summary, nested dicts flattened to dotted names."""
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_numbers(value, f"{prefix}{key}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def key_metrics(summary: dict) -> str:
     if methods := report.evaluation_methods(summary):
-        baselines = {name: values["psnr_hole"] for name, values in methods.items() if name != "model"}
-        best = max(baselines, key=baselines.get)
-        return f"psnr_hole model {methods['model']['psnr_hole']:.2f}, best baseline {best} {baselines[best]:.2f}"
-    numbers = _numbers(summary.get("last_log") or summary)
-    shown = [f"{name}={value:.4g}" for name, value in numbers.items() if name not in report.NOT_LOSSES]
+        text = f"psnr_hole model {methods['model']['psnr_hole']:.2f}"
+        if baselines := {name: values["psnr_hole"] for name, values in methods.items() if name != "model"}:
+            best = max(baselines, key=baselines.get)
+            text += f", best baseline {best} {baselines[best]:.2f}"
+        return text
+    entries = report.flatten(summary.get("last_log") or summary)
+    shown = [f"{name}={value:.4g}" for name, value in entries.items()
+             if isinstance(value, (int, float)) and not isinstance(value, bool) and name not in report.NOT_LOSSES]
     return ", ".join(shown[:MAX_KEY_METRICS])
 
 
@@ -239,7 +231,7 @@ def read_image(path: str) -> np.ndarray:
     try:
         with Image.open(path, formats=ACCEPTED_FORMATS) as image:
             return np.array(_to_rgb(ImageOps.exif_transpose(image)))
-    except (OSError, Image.UnidentifiedImageError) as error:
+    except (OSError, Image.DecompressionBombError, RejectedImage) as error:
         raise CommandError(f"cannot read image {path}: {error}") from None
 
 
@@ -248,7 +240,7 @@ def read_mask(path: str, image_path: str, size: tuple[int, int]) -> np.ndarray:
     try:
         with Image.open(path, formats=ACCEPTED_FORMATS) as image:
             mask = np.array(ImageOps.exif_transpose(image).convert("L")) > 127
-    except (OSError, Image.UnidentifiedImageError) as error:
+    except (OSError, Image.DecompressionBombError) as error:
         raise CommandError(f"cannot read mask {path}: {error}") from None
     if mask.shape != size:
         raise CommandError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} pixels but image {image_path} "
@@ -283,6 +275,8 @@ def infill_jobs(image: str, mask: str, out: str) -> list[tuple[str, str, str]]:
     if not os.path.isdir(image):
         if os.path.isdir(mask):
             raise CommandError(f"--image {image} is a file, so --mask must be a file too, not a folder")
+        if os.path.isdir(out):
+            out = os.path.join(out, os.path.splitext(os.path.basename(image))[0] + ".png")
         return [(image, mask, out)]
     if not os.path.isdir(mask):
         raise CommandError(f"--image {image} is a folder, so --mask must be a folder of masks with the same names")
@@ -423,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     infill = commands.add_parser("infill", parents=[common], help="fill the white pixels of a mask in an image")
     infill.add_argument("--model", required=True, help="an inpainter run (TrainInpainter, a phase) or a .pt file")
     infill.add_argument("--image", required=True, help="an image, or a folder of images")
-    infill.add_argument("--mask", required=True, help="the mask (white = fill), or a folder of masks named as the images")
+    infill.add_argument("--mask", required=True,
+                        help="the mask (white = fill), or a folder of masks named as the images")
     infill.add_argument("--out", required=True, help="output image, or output folder (PNG files)")
     infill.add_argument("--poisson", action="store_true", help="Poisson-blend the filled region (cv2.seamlessClone)")
     infill.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -15,7 +15,8 @@ from . import storage
 IMAGES = "images"
 NOT_LOSSES = ("phase", "step", "steps", "images_per_s")
 METHOD_ROLES = {"model": "model", "mean_fill": "floor: the mean-filled input",
-                "telea": "classical baseline (OpenCV Telea)", "navier_stokes": "classical baseline (OpenCV Navier-Stokes)"}
+                "telea": "classical baseline (OpenCV Telea)",
+                "navier_stokes": "classical baseline (OpenCV Navier-Stokes)"}
 GRID_LEGENDS = {"RenderEvalGrid": "each row is masked input | completion | original"}
 HIGHER_IS_BETTER = {"psnr_hole": True, "l1_hole": False, "ssim": True}
 STYLE = """
@@ -39,11 +40,12 @@ def _key_value_table(values: dict) -> str:
     return f"<table>{rows}</table>"
 
 
-def _flatten(values: dict, prefix: str = "") -> dict:
+def flatten(values: dict, prefix: str = "") -> dict:
+    """Nested dicts as one dict with dotted keys."""
     flat = {}
     for key, value in values.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -75,7 +77,8 @@ def copy_images(runs: list, out: str) -> str:
 def training_history(runs: list) -> pd.DataFrame:
     """The logged rows of every training run in the chain, each (phase, step) once, in training order.
 
-    Each phase's history.csv repeats the rows of the phases before it.
+    Each phase's history.csv repeats the rows of the phases before it. Rows have a `step`,
+    and a `phase` where training has phases.
     """
     frames = []
     for run in runs:
@@ -89,7 +92,12 @@ def training_history(runs: list) -> pd.DataFrame:
     return history.drop_duplicates(subset=order).sort_values(order, ignore_index=True)
 
 
-def plot_losses(history: pd.DataFrame, path: str) -> None:
+def loss_columns(history: pd.DataFrame) -> list[str]:
+    return [column for column in history.columns if column not in NOT_LOSSES
+            and pd.api.types.is_numeric_dtype(history[column]) and history[column].notna().any()]
+
+
+def plot_losses(history: pd.DataFrame, losses: list[str], path: str) -> None:
     """One panel per logged loss against the step counted across phases, phase starts dashed."""
     steps = history["step"].astype(float)
     starts = []
@@ -98,8 +106,6 @@ def plot_losses(history: pd.DataFrame, path: str) -> None:
         offsets = phase_lengths.cumsum() - phase_lengths
         steps = steps + history["phase"].map(offsets)
         starts = list(offsets.iloc[1:])
-    losses = [c for c in history.columns if c not in NOT_LOSSES and pd.api.types.is_numeric_dtype(history[c])
-              and history[c].notna().any()]
     figure = Figure(figsize=(4 * len(losses), 3), layout="constrained")
     for axes, loss in zip(figure.subplots(1, len(losses), squeeze=False, sharex=True)[0], losses):
         axes.plot(steps, history[loss], marker=".")
@@ -153,8 +159,8 @@ def write_report(run, chain: list, out: str) -> str:
     pipeline.cli.Run. Returns the path of index.html.
     """
     os.makedirs(os.path.join(out, IMAGES), exist_ok=True)
-    finished = run.complete and pd.Timestamp(run.manifest["finished"]).strftime("%Y-%m-%d %H:%M UTC")
-    status = f"complete, finished {finished}" if run.complete else "incomplete"
+    status = (f"complete, finished {pd.Timestamp(run.manifest['finished']):%Y-%m-%d %H:%M} UTC" if run.complete
+              else "incomplete")
     body = [f"<h1>{html.escape(run.name)}</h1><p>{html.escape(run.family)}: {html.escape(status)}</p>"]
     if evaluation := _evaluation(chain):
         methods, source = evaluation
@@ -162,13 +168,14 @@ def write_report(run, chain: list, out: str) -> str:
     if figures := copy_images(chain, out):
         body.append(_section("Evaluation grids and images", figures))
     history = training_history(chain)
-    if len(history):
-        plot_losses(history, os.path.join(out, IMAGES, "loss_curves.png"))
+    if losses := loss_columns(history):
+        plot_losses(history, losses, os.path.join(out, IMAGES, "loss_curves.png"))
         body.append(_section("Loss curves", _figure("training losses", f"{IMAGES}/loss_curves.png")))
     body.append(_section("Parameters", _key_value_table(run.parameters)))
     if config := (run.manifest or {}).get("config"):
-        body.append(_section("Resolved configuration", _key_value_table(_flatten(config))))
-    upstream_names = "".join(f"<li>{html.escape(r.name)}{'' if r.complete else ' (incomplete)'}</li>" for r in chain[1:])
+        body.append(_section("Resolved configuration", _key_value_table(flatten(config))))
+    upstream_names = "".join(f"<li>{html.escape(r.name)}{'' if r.complete else ' (incomplete)'}</li>"
+                             for r in chain[1:])
     body.append(_section("Upstream runs", f"<ul>{upstream_names}</ul>"))
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(run.name)}</title>'
             f"<style>{STYLE}</style></head>\n<body>\n{''.join(body)}</body></html>\n")

@@ -80,7 +80,8 @@ def test_show_explains_unknown_and_ambiguous_names(run_root, capsys):
 def write_image_and_mask(folder, name, width, height, seed=0):
     """A smooth image whose holes are painted pure red, and the mask of those holes (one at the border)."""
     rng = np.random.default_rng(seed)
-    ramp = np.linspace(0, 1, width)[None, :, None] * rng.uniform(50, 200, 3) + np.linspace(0, 1, height)[:, None, None] * 40
+    ramp = (np.linspace(0, 1, width)[None, :, None] * rng.uniform(50, 200, 3)
+            + np.linspace(0, 1, height)[:, None, None] * 40)
     image = np.clip(ramp + 20, 0, 255).astype(np.uint8)
     mask = np.zeros((height, width), bool)
     mask[height // 4:height // 2, width // 3:width // 2 + 3] = True
@@ -135,7 +136,8 @@ def test_infill_rejects_masks_of_the_wrong_size_and_empty_masks(tiny_run_root, t
     Image.new("L", (45, 30), 0).save(tmp_path / "empty.png")
     for mask, message in (("small.png", "is 44x30 pixels but image"), ("empty.png", "has no white pixels")):
         code, _, err = run_command(capsys, "infill", "--root", tiny_run_root, "--model", "TrainInpainter",
-                                   "--image", image_path, "--mask", str(tmp_path / mask), "--out", str(tmp_path / "x.png"))
+                                   "--image", image_path, "--mask", str(tmp_path / mask),
+                                   "--out", str(tmp_path / "x.png"))
         assert code == 2 and message in err and not os.path.exists(tmp_path / "x.png")
     code, _, err = run_command(capsys, "infill", "--root", tiny_run_root, "--model", "EvaluateInpainter",
                                "--image", image_path, "--mask", str(tmp_path / "empty.png"), "--out", "x.png")
@@ -218,4 +220,5 @@ def test_python_m_pipeline_is_a_command_next_to_luigi_module_pipeline(tiny_run_r
     assert listed.returncode == 0 and "TrainInpainter" in listed.stdout, listed.stderr
     failed = subprocess.run([*command, "show", "Nothing", "--root", tiny_run_root], env=env,
                             capture_output=True, text=True)
-    assert failed.returncode == 2 and failed.stderr.startswith("error: no run under") and "Traceback" not in failed.stderr
+    assert failed.returncode == 2 and failed.stderr.startswith("error: no run under")
+    assert "Traceback" not in failed.stderr

@@ -129,8 +129,9 @@ class DCGANConfig:
     fixed_latent_count: int = 64
     log_every: int = 100
     checkpoint_every: int = 1000
-    # Collapse watch, checked at log steps. With the default labels a discriminator that
-    # separates perfectly still pays about 0.65 nats (label noise), so 0.7 means it has won.
+    # Collapse watch, checked at log steps on loss_d averaged since the previous log. With the
+    # default labels a discriminator that separates perfectly still pays about 0.65 nats
+    # (label noise), so an average below 0.7 means it has won.
     # Diversity is the RMS pixel difference between samples, in [0, 2]; an untrained
     # generator already gives about 0.2, so 0.05 means the samples have become near copies.
     collapse_window: int = 10
@@ -138,7 +139,7 @@ class DCGANConfig:
     collapse_diversity_floor: float = 0.05
     on_collapse: str = "warn"
     channels_last: bool = False
-    mixed_precision: bool = False
+    mixed_precision: bool = False  # bfloat16 autocast; needs no gradient scaling
 
     def __post_init__(self):
         check_image_size(self.image_size)

@@ -6,7 +6,6 @@ run was found in, so a copied or synced artifact tree still resolves.
 """
 import argparse
 import datetime
-import inspect
 import json
 import os
 import re
@@ -20,6 +19,7 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.utils import make_grid, save_image
 
+from ganmodels.dcgan_training import generator_from_state
 from ganmodels.inference import generate, latent_walks, paste, predict
 from ganmodels.training import load_completion
 
@@ -334,24 +334,12 @@ def cmd_infill(args) -> None:
         print(out_path)
 
 
-def dcgan_generator(state: dict) -> torch.nn.Module:
-    """The generator of a DCGAN state: its EMA copy when training kept one, as that samples more smoothly."""
-    try:
-        from ganmodels.dcgan import Generator
-    except ImportError:
-        raise CommandError("this installation has no DCGAN support (ganmodels.dcgan)") from None
-    config = state.get("config", {})
-    accepted = inspect.signature(Generator).parameters
-    generator = Generator(**{key: value for key, value in config.items() if key in accepted})
-    generator.load_state_dict(state.get("ema_generator") or state["generator"])
-    return generator
-
-
 def cmd_sample(args) -> None:
     if args.n < 1 or args.per_row < 1:
         raise CommandError("--n and --per-row must be at least 1")
     device = resolve_device(args.device)
-    generator = dcgan_generator(model_state(args.root, args.model, device, "generator")).to(device)
+    # The EMA copy of the generator when training kept one: it samples more smoothly.
+    generator = generator_from_state(model_state(args.root, args.model, device, "generator")).to(device)
     rng = torch.Generator().manual_seed(args.seed)
     if args.interpolate:
         if args.n % args.per_row or args.per_row < 2:

@@ -159,12 +159,14 @@ def test_poisson_blending_fits_a_wrong_fill_to_its_surroundings():
 
 
 def write_dcgan_run(root: str) -> str:
-    """A DCGAN run as TrainDCGAN writes it: model.pt with generator, ema_generator and config, then a manifest."""
-    from ganmodels.dcgan import Generator
+    """A DCGAN run holding the state of one training step as model.pt, then its manifest."""
+    from ganmodels.dcgan import DCGANConfig
+    from ganmodels.dcgan_training import train_dcgan
 
+    config = DCGANConfig(image_size=32, steps=1, latent_size=8, width=4, batch_size=2, fixed_latent_count=2)
+    state = train_dcgan(config, lambda count, rng: torch.rand(count, 3, 32, 32, generator=rng) * 2 - 1, None, "cpu",
+                        on_checkpoint=lambda state: None, on_log=lambda row: None)
     name = "TrainDCGAN-00000000aa"
-    config = {"image_size": 32, "latent_size": 8, "width": 4, "projection": "linear", "steps": 1}
-    state = {"generator": Generator(32, 8, 4).state_dict(), "ema_generator": None, "config": config, "step": 1}
     with storage.open_write(storage.join(root, name, "model.pt")) as file:
         torch.save(state, file)
     storage.write_json(storage.join(root, name, "manifest.json"),
@@ -174,7 +176,6 @@ def write_dcgan_run(root: str) -> str:
 
 
 def test_sample_draws_a_grid_and_latent_walks_from_a_dcgan_run(run_root, tmp_path, capsys):
-    pytest.importorskip("ganmodels.dcgan", reason="DCGAN runs arrive with ganmodels/dcgan.py")
     name = write_dcgan_run(run_root)
     for extra in ([], ["--interpolate"]):
         out = tmp_path / f"grid{len(extra)}.png"

@@ -5,19 +5,20 @@
 Both go over the same files in the same run, after one untimed pass has read every file
 into the file cache, and alternate so that a busy machine slows both alike; the best of
 the repeats counts. The plain loop opens each file, converts it to RGB, crops the centred
-square and resizes it with the same LANCZOS filter, in one process. The project's figure
-is the wall time of building BuildShards (with its PrepareImages) through luigi in a fresh
-artifact folder: listing, fingerprinting, decoding in worker processes, duplicates,
-splits, writing the image parts, the shards, their tables and manifests. The two results
+square and resizes it with the same LANCZOS filter, in one process. The project's figures
+are the wall times of running PrepareImages through luigi in a fresh artifact folder
+(listing, fingerprinting, decoding in worker processes, duplicates, splits, writing the
+image parts, tables and manifest), and of BuildShards after it (the training shards). The two results
 are compared image by image (PSNR) to show the speed is not bought with quality.
 """
 import argparse
-import datetime
 import math
 import os
+import resource
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import luigi
@@ -29,7 +30,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's pipeline, not an installed one
 
-from pipeline import BuildShards, storage  # noqa: E402
+from pipeline import BuildShards  # noqa: E402
 from pipeline.data import load_array  # noqa: E402
 from pipeline.ingest import usable_cores  # noqa: E402
 from pipeline.sources import list_files  # noqa: E402
@@ -50,25 +51,41 @@ def plain_loop(folder: str, paths: list[str], size: int) -> dict[str, np.ndarray
     return images
 
 
-def project_ingestion(folder: str, size: int, workers: int) -> tuple[float, float, dict[str, np.ndarray]]:
-    """(seconds for the whole build, seconds PrepareImages itself ran, images by path)."""
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (the decoding workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@contextmanager
+def lap(laps: list[tuple[float, float]]):
+    """Appends (wall seconds, CPU seconds) of the block to laps."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    yield
+    laps.append((time.perf_counter() - wall, cpu_seconds() - cpu))
+
+
+def build(task) -> None:
+    if not luigi.build([task], local_scheduler=True, log_level="WARNING"):
+        raise SystemExit(f"{task.get_task_family()} failed; see the log above")
+
+
+def project_ingestion(folder: str, size: int, workers: int, prepare_laps: list,
+                      shards_laps: list) -> dict[str, np.ndarray]:
+    """Runs PrepareImages, then BuildShards on it; returns the prepared images by path."""
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as root:
         luigi.configuration.get_config().set("artifacts", "root", root)
         Register.clear_instance_cache()
-        task = BuildShards(dataset="folder", source=folder, image_size=size, decode_workers=workers)
-        started = time.perf_counter()
-        if not luigi.build([task], local_scheduler=True, log_level="WARNING"):
-            raise SystemExit("the project's ingestion failed; see the log above")
-        seconds = time.perf_counter() - started
-        prepared = task.requires()
-        manifest = storage.read_json(prepared.path("manifest.json"))
-        prepare_seconds = (datetime.datetime.fromisoformat(manifest["finished"])
-                           - datetime.datetime.fromisoformat(manifest["started"])).total_seconds()
+        shards = BuildShards(dataset="folder", source=folder, image_size=size, decode_workers=workers)
+        prepared = shards.requires()
+        with lap(prepare_laps):
+            build(prepared)
+        with lap(shards_laps):
+            build(shards)
         table = pd.read_csv(prepared.path("images.csv"))
         arrays = {name: load_array(prepared.path(name)) for name in table["file"].unique()}
-        images = {path: arrays[file][row].transpose(1, 2, 0).copy()
-                  for path, file, row in zip(table["relative_path"], table["file"], table["row"])}
-    return seconds, prepare_seconds, images
+        return {path: arrays[file][row].transpose(1, 2, 0).copy()
+                for path, file, row in zip(table["relative_path"], table["file"], table["row"])}
 
 
 def psnr(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> float:
@@ -89,24 +106,23 @@ def main() -> None:
     for path in paths:  # warm the file cache for both contenders
         Path(folder, path).read_bytes()
 
-    plain_times, project_times, prepare_times = [], [], []
+    plain_laps, prepare_laps, shards_laps = [], [], []
+    load_before = os.getloadavg()[0]
     for _ in range(args.repeats):
-        started = time.perf_counter()
-        plain = plain_loop(folder, paths, args.size)
-        plain_times.append(time.perf_counter() - started)
-        seconds, prepare_seconds, ours = project_ingestion(folder, args.size, args.workers)
-        project_times.append(seconds)
-        prepare_times.append(prepare_seconds)
+        with lap(plain_laps):
+            plain = plain_loop(folder, paths, args.size)
+        ours = project_ingestion(folder, args.size, args.workers, prepare_laps, shards_laps)
+    to_shards_laps = [(a + b, c + d) for (a, c), (b, d) in zip(prepare_laps, shards_laps)]
 
-    plain_rate, project_rate = len(paths) / min(plain_times), len(paths) / min(project_times)
-    print(f"{folder}: {len(paths)} files, {len(ours)} kept, {args.size} px, "
-          f"{usable_cores()} usable cores, Pillow {Image.__version__}")
-    print(f"plain Pillow loop, 1 process   {plain_rate:8.1f} images/s  "
-          f"(best of {args.repeats}: {min(plain_times):.2f} s)")
-    print(f"project ingestion to shards    {project_rate:8.1f} images/s  "
-          f"(best of {args.repeats}: {min(project_times):.2f} s, of which PrepareImages {min(prepare_times):.2f} s)")
-    print(f"ratio                          {project_rate / plain_rate:8.2f}x")
-    print(f"PSNR project vs plain          {psnr(plain, ours):8.1f} dB")
+    print(f"{folder}: {len(paths)} files, {len(ours)} kept, {args.size} px, {usable_cores()} usable cores, "
+          f"Pillow {Image.__version__}, load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
+    print(f"best of {args.repeats} runs                        images/s    ratio   CPU ms/image (all processes)")
+    plain_wall = min(wall for wall, _ in plain_laps)
+    for label, laps in (("plain Pillow loop, 1 process", plain_laps), ("PrepareImages", prepare_laps),
+                        ("PrepareImages + BuildShards", to_shards_laps)):
+        wall, cpu = min(wall for wall, _ in laps), min(cpu for _, cpu in laps)
+        print(f"{label:36s} {len(paths) / wall:9.1f} {plain_wall / wall:7.2f}x {1000 * cpu / len(paths):9.2f}")
+    print(f"PSNR of the project's images against the plain loop's: {psnr(plain, ours):.1f} dB")
 
 
 if __name__ == "__main__":

@@ -175,15 +175,20 @@ def sample_folder(download_dir: str) -> str:
     return folder
 
 
-def list_files(folder: str) -> list[str]:
-    """Relative paths (with '/') of every regular file below folder, sorted, hidden ones included."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        for name in filenames:
-            full = os.path.join(dirpath, name)
-            if os.path.isfile(full) and not os.path.islink(full):
-                found.append(os.path.relpath(full, folder).replace(os.sep, "/"))
+def list_files(folder) -> list[str]:
+    """Relative paths (with '/') of every regular file below folder, sorted, hidden ones
+    included, symbolic links left out; empty if there is no such folder."""
+    if not os.path.isdir(folder):
+        return []
+    found, pending = [], [""]
+    while pending:
+        prefix = pending.pop()
+        with os.scandir(os.path.join(folder, prefix)) as entries:  # file types without a stat per file
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(f"{prefix}{entry.name}/")
+                elif entry.is_file(follow_symlinks=False):
+                    found.append(prefix + entry.name)
     return sorted(found)
 
 
@@ -191,7 +196,7 @@ def folder_fingerprint(folder: str) -> str:
     """sha256 over every file's relative path, size and modification time; empty if no such folder."""
     digest = hashlib.sha256()
     folder = os.path.expanduser(folder)
-    for relative_path in (list_files(folder) if os.path.isdir(folder) else []):
+    for relative_path in list_files(folder):
         info = os.stat(os.path.join(folder, relative_path))
         digest.update(f"{relative_path}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
     return digest.hexdigest()

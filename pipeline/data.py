@@ -1,6 +1,6 @@
 """Tasks that turn a source collection into resized images and training shards."""
+import contextlib
 import io
-import os
 
 import luigi
 import luigi.util
@@ -30,6 +30,37 @@ def _read_csv(path: str) -> pd.DataFrame:
 def load_array(path: str) -> np.ndarray:
     """A stored uint8 array, memory-mapped so only the rows used are read."""
     return np.load(storage.local_path(path), mmap_mode="r", allow_pickle=False)
+
+
+class _ImageParts:
+    """Kept images, buffered per split and written PART_SIZE at a time to images/<split>-NNNNN.npy."""
+
+    def __init__(self, task: ArtifactTask):
+        self.task = task
+        self.buffers: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
+        self.written = {split: 0 for split in SPLITS}
+
+    def add(self, split: str, image: np.ndarray) -> tuple[str, int]:
+        """(file, row) where the image will be."""
+        place = (self._name(split), len(self.buffers[split]))
+        self.buffers[split].append(image)
+        if len(self.buffers[split]) == PART_SIZE:
+            self._flush(split)
+        return place
+
+    def flush_all(self) -> None:
+        for split in SPLITS:
+            if self.buffers[split]:
+                self._flush(split)
+
+    def _name(self, split: str) -> str:
+        return f"images/{split}-{self.written[split]:05d}.npy"
+
+    def _flush(self, split: str) -> None:
+        with self.task.open_write(self._name(split)) as file:
+            np.save(file, np.stack(self.buffers[split]), allow_pickle=False)
+        self.buffers[split].clear()
+        self.written[split] += 1
 
 
 class PrepareImages(ArtifactTask):
@@ -88,36 +119,22 @@ class PrepareImages(ArtifactTask):
         official_split = (source.official_split or {}) if self.official_split else {}
         settings = DecodeSettings(self.image_size, self.max_pixels, self.reject_smaller)
         kept_rows, rejected_rows, seen = [], [], {}
-        buffers: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
-        parts = {split: 0 for split in SPLITS}
-
-        def flush(split: str) -> None:
-            name = f"images/{split}-{parts[split]:05d}.npy"
-            with self.open_write(name) as file:
-                np.save(file, np.stack(buffers[split]), allow_pickle=False)
-            buffers[split].clear()
-            parts[split] += 1
-
-        results = ingest_folder(source.folder, paths, settings, self.decode_workers or usable_cores())
-        for count, item in enumerate(tqdm(results, total=len(paths), desc="PrepareImages", unit="img"), 1):
-            if item.image is None:
-                rejected_rows.append((item.relative_path, item.reason))
-            elif item.sha256 in seen:
-                rejected_rows.append((item.relative_path, f"duplicate: same bytes as {seen[item.sha256]}"))
-            else:
-                seen[item.sha256] = item.relative_path
-                split = official_split.get(item.relative_path) or sources.hash_split(
-                    item.relative_path, self.val_fraction, self.test_fraction)
-                kept_rows.append((item.relative_path, split, f"images/{split}-{parts[split]:05d}.npy",
-                                  len(buffers[split]), item.sha256))
-                buffers[split].append(item.image)
-                if len(buffers[split]) == PART_SIZE:
-                    flush(split)
-            if count % 256 == 0 or count == len(paths):
-                self.report_progress(count / len(paths), f"decoded {count}/{len(paths)} files")
-        for split in SPLITS:
-            if buffers[split]:
-                flush(split)
+        parts = _ImageParts(self)
+        decoded = ingest_folder(source.folder, paths, settings, self.decode_workers or usable_cores())
+        with contextlib.closing(decoded):  # stops the workers at once if anything here fails
+            for count, item in enumerate(tqdm(decoded, total=len(paths), desc="PrepareImages", unit="img"), 1):
+                if item.image is None:
+                    rejected_rows.append((item.relative_path, item.reason))
+                elif item.sha256 in seen:
+                    rejected_rows.append((item.relative_path, f"duplicate: same bytes as {seen[item.sha256]}"))
+                else:
+                    seen[item.sha256] = item.relative_path
+                    split = official_split.get(item.relative_path) or sources.hash_split(
+                        item.relative_path, self.val_fraction, self.test_fraction)
+                    kept_rows.append((item.relative_path, split, *parts.add(split, item.image), item.sha256))
+                if count % 256 == 0 or count == len(paths):
+                    self.report_progress(count / len(paths), f"decoded {count}/{len(paths)} files")
+        parts.flush_all()
 
         with self.open_write("images.csv") as file:
             pd.DataFrame(kept_rows, columns=["relative_path", "split", "file", "row", "sha256"]).to_csv(file, index=False)

@@ -1,5 +1,6 @@
 """Tasks that turn a source collection into resized images and training shards."""
 import contextlib
+import dataclasses
 import io
 
 import luigi
@@ -95,21 +96,20 @@ class PrepareImages(ArtifactTask):
         if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
             raise ValueError(f"need val_fraction, test_fraction >= 0 with a sum below 1, "
                              f"got {self.val_fraction} and {self.test_fraction}")
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be at least 8, got {self.image_size}")
-        if self.max_pixels < 1:
-            raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
+        self.decode_settings = DecodeSettings(self.image_size, self.max_pixels, self.reject_smaller)
+        sources.check_source(self.dataset, self.source)
         if not 0 <= self.max_rejected_fraction <= 1:
             raise ValueError(f"max_rejected_fraction must lie in [0, 1], got {self.max_rejected_fraction}")
         if self.decode_workers < 0:
             raise ValueError(f"decode_workers must be >= 0 (0 = all cores), got {self.decode_workers}")
 
     def source_fingerprint(self) -> str | None:
-        # A user's folder can gain or lose files under the same path; a new listing means a new run.
+        # A user's folder can gain or lose files under the same path, and a mirror can serve
+        # other files: a new listing or checksum means a new run.
         return sources.fingerprint(self.dataset, self.source, self.paintings_parts)
 
     def resolved_config(self) -> dict:
-        return {"dataset_settings": sources.settings(self.dataset)}
+        return {"decode": dataclasses.asdict(self.decode_settings), "dataset_settings": sources.settings(self.dataset)}
 
     def build(self):
         source = sources.resolve(self.dataset, self.source, self.paintings_parts)
@@ -117,10 +117,9 @@ class PrepareImages(ArtifactTask):
         if not paths:
             raise ValueError(f"no files found in {source.folder}")
         official_split = (source.official_split or {}) if self.official_split else {}
-        settings = DecodeSettings(self.image_size, self.max_pixels, self.reject_smaller)
         kept_rows, rejected_rows, seen = [], [], {}
         parts = _ImageParts(self)
-        decoded = ingest_folder(source.folder, paths, settings, self.decode_workers or usable_cores())
+        decoded = ingest_folder(source.folder, paths, self.decode_settings, self.decode_workers or usable_cores())
         with contextlib.closing(decoded):  # stops the workers at once if anything here fails
             for count, item in enumerate(tqdm(decoded, total=len(paths), desc="PrepareImages", unit="img"), 1):
                 if item.image is None:

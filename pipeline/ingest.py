@@ -25,9 +25,15 @@ class IngestedFile:
 
 @dataclass(frozen=True)
 class DecodeSettings:
-    image_size: int
-    max_pixels: int
-    reject_smaller: bool = False
+    image_size: int  # side of the square result
+    max_pixels: int  # larger sources are rejected; also Pillow's limit inside the workers
+    reject_smaller: bool = False  # reject sources with a short side below image_size instead of upscaling
+
+    def __post_init__(self):
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be at least 8, got {self.image_size}")
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
 
 
 def usable_cores() -> int:

@@ -81,13 +81,17 @@ def settings(dataset: str) -> dict:
     return dict(_SETTINGS[dataset]().param_kwargs) if dataset in _SETTINGS else {}
 
 
-def resolve(dataset: str, source: str = "", paintings_parts=(1,)) -> Source:
-    """Fetch the dataset where needed and say which files make it up."""
+def check_source(dataset: str, source: str) -> None:
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
     if source and dataset not in SOURCE_DATASETS:
         raise ValueError(f"dataset={dataset} takes no source (got {source!r}); "
                          f"source is for {', '.join(SOURCE_DATASETS)}")
+
+
+def resolve(dataset: str, source: str = "", paintings_parts=(1,)) -> Source:
+    """Fetch the dataset where needed and say which files make it up."""
+    check_source(dataset, source)
     download_dir = os.path.abspath(os.path.expanduser(datasets().download_dir))
     source_dir = os.path.abspath(os.path.expanduser(source)) if source else None
     if dataset == "sample":

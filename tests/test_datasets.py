@@ -148,9 +148,9 @@ def test_paintings_without_kaggle_credentials_say_what_to_do(artifact_root, tmp_
     assert re.search("DownloadError: No Kaggle credentials.*kaggle.json.*by hand", log)
 
 
-def test_source_is_refused_where_the_dataset_takes_none(artifact_root, tmp_path, caplog):
-    log = failure(PrepareImages(dataset="flowers", source=str(tmp_path)), caplog)
-    assert "dataset=flowers takes no source" in log
+def test_source_is_refused_where_the_dataset_takes_none(tmp_path):
+    with pytest.raises(ValueError, match="dataset=flowers takes no source"):
+        PrepareImages(dataset="flowers", source=str(tmp_path))
 
 
 def test_awkward_files_are_each_kept_or_rejected_with_a_reason(artifact_root, tmp_path):

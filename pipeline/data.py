@@ -1,6 +1,7 @@
 """Tasks that turn a source collection into resized images and training shards."""
+import contextlib
+import dataclasses
 import io
-import os
 
 import luigi
 import luigi.util
@@ -10,7 +11,7 @@ from tqdm import tqdm
 
 from . import sources, storage
 from .base import ArtifactTask, log
-from .ingest import ingest_folder
+from .ingest import DecodeSettings, ingest_folder, usable_cores
 
 SPLITS = ("train", "val", "test")
 PART_SIZE = 4096  # images per file written by PrepareImages
@@ -32,84 +33,128 @@ def load_array(path: str) -> np.ndarray:
     return np.load(storage.local_path(path), mmap_mode="r", allow_pickle=False)
 
 
+class _ImageParts:
+    """Kept images, buffered per split and written PART_SIZE at a time to images/<split>-NNNNN.npy."""
+
+    def __init__(self, task: ArtifactTask):
+        self.task = task
+        self.buffers: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
+        self.written = {split: 0 for split in SPLITS}
+
+    def add(self, split: str, image: np.ndarray) -> tuple[str, int]:
+        """(file, row) where the image will be."""
+        place = (self._name(split), len(self.buffers[split]))
+        self.buffers[split].append(image)
+        if len(self.buffers[split]) == PART_SIZE:
+            self._flush(split)
+        return place
+
+    def flush_all(self) -> None:
+        for split in SPLITS:
+            if self.buffers[split]:
+                self._flush(split)
+
+    def _name(self, split: str) -> str:
+        return f"images/{split}-{self.written[split]:05d}.npy"
+
+    def _flush(self, split: str) -> None:
+        with self.task.open_write(self._name(split)) as file:
+            np.save(file, np.stack(self.buffers[split]), allow_pickle=False)
+        self.buffers[split].clear()
+        self.written[split] += 1
+
+
 class PrepareImages(ArtifactTask):
-    """Decode, convert to RGB, centre-crop and resize every source image; split by path hash."""
+    """Decode, convert to RGB, centre-crop and resize every source image on all cores.
+
+    Each file is kept or rejected with a reason (rejected.csv); byte-identical duplicates
+    are kept once. Splits follow the dataset's official partition where it has one, else
+    a hash of the file's path, so adding files never moves earlier ones.
+    """
 
     dataset = luigi.ChoiceParameter(default="sample", choices=sources.DATASETS,
-                                    description="Which collection: sample (offline) or folder (source=DIR)")
-    source = luigi.Parameter(default="", description="Directory of images for dataset=folder")
+                                    description="sample (offline), folder (source=DIR), flowers, celeba or paintings")
+    source = luigi.Parameter(default="", description="dataset=folder: directory of images; celeba, paintings: "
+                                                     "optional folder of archives downloaded by hand")
+    paintings_parts = luigi.ListParameter(default=[1], description="Which of Painter by Numbers' train_1.zip "
+                                                                   "... train_9.zip to use, e.g. [1,2]")
     image_size = luigi.IntParameter(default=64, description="Side in pixels of the square training images")
-    val_fraction = luigi.FloatParameter(default=0.1)
-    test_fraction = luigi.FloatParameter(default=0.1)
+    val_fraction = luigi.FloatParameter(default=0.1, description="Share of files for val without an official split")
+    test_fraction = luigi.FloatParameter(default=0.1, description="Share of files for test without an official split")
+    official_split = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                         description="Use the dataset's own train/val/test split where it has one")
+    reject_smaller = luigi.BoolParameter(default=False, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                         description="Reject images with a short side below image_size "
+                                                     "instead of upscaling them")
     max_pixels = luigi.IntParameter(default=200_000_000, description="Reject source images with more pixels")
     max_rejected_fraction = luigi.FloatParameter(default=0.5, description="Fail if more of the files are rejected")
-    decode_workers = luigi.IntParameter(default=0, significant=False, description="Decoding processes; 0 = all cores")
+    decode_workers = luigi.IntParameter(default=0, significant=False,
+                                        description="Decoding processes; 0 = one per usable core")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
             raise ValueError(f"need val_fraction, test_fraction >= 0 with a sum below 1, "
                              f"got {self.val_fraction} and {self.test_fraction}")
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be at least 8, got {self.image_size}")
+        self.decode_settings = DecodeSettings(self.image_size, self.max_pixels, self.reject_smaller)
+        sources.check_source(self.dataset, self.source)
+        if not 0 <= self.max_rejected_fraction <= 1:
+            raise ValueError(f"max_rejected_fraction must lie in [0, 1], got {self.max_rejected_fraction}")
+        if self.decode_workers < 0:
+            raise ValueError(f"decode_workers must be >= 0 (0 = all cores), got {self.decode_workers}")
 
     def source_fingerprint(self) -> str | None:
-        # A user's folder can gain or lose files under the same path; a new listing means a new run.
-        return sources.folder_fingerprint(self.source) if self.dataset == "folder" else None
+        # A user's folder can gain or lose files under the same path, and a mirror can serve
+        # other files: a new listing or checksum means a new run.
+        return sources.fingerprint(self.dataset, self.source, self.paintings_parts)
+
+    def resolved_config(self) -> dict:
+        return {"decode": dataclasses.asdict(self.decode_settings), "dataset_settings": sources.settings(self.dataset)}
 
     def build(self):
-        folder, official_split = sources.resolve(self.dataset, self.source)
-        paths = sources.list_files(folder)
+        source = sources.resolve(self.dataset, self.source, self.paintings_parts)
+        paths = source.files
         if not paths:
-            raise ValueError(f"no files found in {folder}")
-        workers = self.decode_workers or os.cpu_count() or 1
+            raise ValueError(f"no files found in {source.folder}")
+        official_split = (source.official_split or {}) if self.official_split else {}
         kept_rows, rejected_rows, seen = [], [], {}
-        buffers: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
-        parts = {split: 0 for split in SPLITS}
-
-        def flush(split: str) -> None:
-            name = f"images/{split}-{parts[split]:05d}.npy"
-            with self.open_write(name) as file:
-                file.write(_npy_bytes(np.stack(buffers[split])))
-            buffers[split].clear()
-            parts[split] += 1
-
-        results = ingest_folder(folder, paths, self.image_size, self.max_pixels, workers)
-        for count, item in enumerate(tqdm(results, total=len(paths), desc="PrepareImages", unit="img"), 1):
-            if item.image is None:
-                rejected_rows.append((item.relative_path, item.reason))
-            elif item.sha256 in seen:
-                rejected_rows.append((item.relative_path, f"duplicate of {seen[item.sha256]}"))
-            else:
-                seen[item.sha256] = item.relative_path
-                split = (official_split or {}).get(item.relative_path) or sources.hash_split(
-                    item.relative_path, self.val_fraction, self.test_fraction)
-                kept_rows.append((item.relative_path, split, f"images/{split}-{parts[split]:05d}.npy",
-                                  len(buffers[split]), item.sha256))
-                buffers[split].append(item.image)
-                if len(buffers[split]) == PART_SIZE:
-                    flush(split)
-            if count % 256 == 0 or count == len(paths):
-                self.report_progress(count / len(paths), f"decoded {count}/{len(paths)} files")
-        for split in SPLITS:
-            if buffers[split]:
-                flush(split)
+        parts = _ImageParts(self)
+        decoded = ingest_folder(source.folder, paths, self.decode_settings, self.decode_workers or usable_cores())
+        with contextlib.closing(decoded):  # stops the workers at once if anything here fails
+            for count, item in enumerate(tqdm(decoded, total=len(paths), desc="PrepareImages", unit="img"), 1):
+                if item.image is None:
+                    rejected_rows.append((item.relative_path, item.reason))
+                elif item.sha256 in seen:
+                    rejected_rows.append((item.relative_path, f"duplicate: same bytes as {seen[item.sha256]}"))
+                else:
+                    seen[item.sha256] = item.relative_path
+                    split = official_split.get(item.relative_path) or sources.hash_split(
+                        item.relative_path, self.val_fraction, self.test_fraction)
+                    kept_rows.append((item.relative_path, split, *parts.add(split, item.image), item.sha256))
+                if count % 256 == 0 or count == len(paths):
+                    self.report_progress(count / len(paths), f"decoded {count}/{len(paths)} files")
+        parts.flush_all()
 
         with self.open_write("images.csv") as file:
             pd.DataFrame(kept_rows, columns=["relative_path", "split", "file", "row", "sha256"]).to_csv(file, index=False)
+        rejected = pd.DataFrame(rejected_rows, columns=["relative_path", "reason"])
         with self.open_write("rejected.csv") as file:
-            pd.DataFrame(rejected_rows, columns=["relative_path", "reason"]).to_csv(file, index=False)
+            rejected.to_csv(file, index=False)
 
         if not kept_rows:
-            raise RuntimeError(f"no usable images among {len(paths)} files in {folder}; see {self.path('rejected.csv')}")
+            raise RuntimeError(f"no usable images among {len(paths)} files in {source.folder}; "
+                               f"see {self.path('rejected.csv')}")
         rejected_share = len(rejected_rows) / len(paths)
         if rejected_share > self.max_rejected_fraction:
             raise RuntimeError(f"{len(rejected_rows)} of {len(paths)} files rejected ({rejected_share:.0%}), above "
                                f"max_rejected_fraction={self.max_rejected_fraction}; see {self.path('rejected.csv')}")
         counts = pd.Series([row[1] for row in kept_rows]).value_counts().to_dict()
         log.info("PrepareImages: kept %d, rejected %d of %d files", len(kept_rows), len(rejected_rows), len(paths))
-        return {"source_folder": folder, "files": len(paths), "kept": len(kept_rows),
-                "rejected": len(rejected_rows), "split_counts": {s: counts.get(s, 0) for s in SPLITS}}
+        return {"source_folder": source.folder, "files": len(paths), "kept": len(kept_rows),
+                "rejected": len(rejected_rows),
+                "rejected_by_kind": rejected["reason"].str.split(":").str[0].value_counts().to_dict(),
+                "split": "official" if official_split else "path hash",
+                "split_counts": {s: counts.get(s, 0) for s in SPLITS}}
 
 
 @luigi.util.requires(PrepareImages)

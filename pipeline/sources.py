@@ -1,18 +1,29 @@
 """Where a dataset's source images come from: a local folder of files per dataset.
 
-Every dataset resolves to a folder on local disk (downloaded or generated there once)
-and, where the dataset defines one, its official train/val/test split.
+Every dataset resolves to a folder on local disk (downloaded or generated there once),
+the files in it that belong to the dataset and, where the dataset defines one, its
+official train/val/test split.
 """
 import hashlib
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
 
 import luigi
 import numpy as np
 from PIL import Image
 
-DATASETS = ("sample", "folder")
+from . import downloads
+
+DATASETS = ("sample", "folder", "flowers", "celeba", "paintings")
+# Datasets that read their files from `source`: a folder of images, or of archives
+# downloaded by hand (for celeba and paintings, where it is optional).
+SOURCE_DATASETS = ("folder", "celeba", "paintings")
+
+FLOWERS_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"  # torchvision's Flowers102 uses it too
 
 # Colour and greyscale photographs that ship inside scikit-image, so `sample` needs no network.
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "retina",
@@ -29,16 +40,113 @@ class datasets(luigi.Config):
                                    description="Local folder for downloaded and generated source images")
 
 
-def resolve(dataset: str, source: str) -> tuple[str, dict[str, str] | None]:
-    """(folder of source files, official split by relative path or None) for a dataset."""
+class flowers(luigi.Config):
+    """`[flowers]` section: the Oxford 102 Flowers files; point the URLs at a mirror if need be."""
+
+    images_url = luigi.Parameter(default=FLOWERS_URL + downloads.FLOWERS_IMAGES)
+    images_md5 = luigi.Parameter(default="52808999861908f626f3c1f4e79d11fa")
+    labels_url = luigi.Parameter(default=FLOWERS_URL + downloads.FLOWERS_LABELS)
+    labels_md5 = luigi.Parameter(default="e0620be6f572b9609742df49c70aed4d")
+    splits_url = luigi.Parameter(default=FLOWERS_URL + downloads.FLOWERS_SPLITS)
+    splits_md5 = luigi.Parameter(default="a5357ecc9cb78c4bef273ce3793fc85c")
+
+
+class celeba(luigi.Config):
+    """`[celeba]` section: Google Drive ids and md5s of aligned CelebA and its partition file."""
+
+    file_id = luigi.Parameter(default=downloads.CELEBA_IMAGES_FILE_ID)
+    md5 = luigi.Parameter(default=downloads.CELEBA_IMAGES_MD5)
+    partition_file_id = luigi.Parameter(default=downloads.CELEBA_PARTITION_FILE_ID)
+    partition_md5 = luigi.Parameter(default=downloads.CELEBA_PARTITION_MD5)
+
+
+class paintings(luigi.Config):
+    """`[paintings]` section: the Kaggle competition holding Painter by Numbers."""
+
+    competition = luigi.Parameter(default="painter-by-numbers")
+
+
+_SETTINGS = {"flowers": flowers, "celeba": celeba, "paintings": paintings}
+
+
+@dataclass(frozen=True)
+class Source:
+    folder: str  # absolute
+    files: list[str]  # relative paths (with '/') below folder that make up the dataset, sorted
+    official_split: Mapping[str, str] | None  # "train"/"val"/"test" by relative path, if the dataset has one
+
+
+def settings(dataset: str) -> dict:
+    """The dataset's luigi.cfg section (URLs, ids, checksums); empty for sample and folder."""
+    return dict(_SETTINGS[dataset]().param_kwargs) if dataset in _SETTINGS else {}
+
+
+def check_source(dataset: str, source: str) -> None:
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
+    if source and dataset not in SOURCE_DATASETS:
+        raise ValueError(f"dataset={dataset} takes no source (got {source!r}); "
+                         f"source is for {', '.join(SOURCE_DATASETS)}")
+
+
+def resolve(dataset: str, source: str = "", paintings_parts=(1,)) -> Source:
+    """Fetch the dataset where needed and say which files make it up."""
+    check_source(dataset, source)
+    download_dir = os.path.abspath(os.path.expanduser(datasets().download_dir))
+    source_dir = os.path.abspath(os.path.expanduser(source)) if source else None
     if dataset == "sample":
-        return sample_folder(os.path.expanduser(datasets().download_dir)), None
+        folder = sample_folder(download_dir)
+        return Source(folder, list_files(folder), None)
     if dataset == "folder":
-        folder = os.path.expanduser(source)
-        if not source or not os.path.isdir(folder):
+        if not source_dir or not os.path.isdir(source_dir):
             raise ValueError(f"dataset=folder needs source= an existing directory of images, got {source!r}")
-        return os.path.abspath(folder), None
-    raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
+        return Source(source_dir, list_files(source_dir), None)
+    if dataset == "flowers":
+        config = flowers()
+        destination = Path(download_dir, "flowers")
+        images = downloads.fetch_flowers(destination, config.images_url, config.images_md5, config.labels_url,
+                                         config.labels_md5, config.splits_url, config.splits_md5)
+        split = downloads.read_flowers_splits(destination / downloads.FLOWERS_SPLITS)
+        return Source(str(images), list_files(images), split)
+    if dataset == "celeba":
+        config = celeba()
+        destination = Path(download_dir, "celeba")
+        images = downloads.fetch_celeba(destination, source_dir, file_id=config.file_id, md5=config.md5,
+                                        partition_file_id=config.partition_file_id,
+                                        partition_md5=config.partition_md5)
+        split = downloads.read_celeba_partition(destination / downloads.CELEBA_PARTITION)
+        return Source(str(images), list_files(images), split)
+    images = downloads.fetch_paintings(Path(download_dir, "paintings"), source_dir, parts=paintings_parts,
+                                       competition=paintings().competition)
+    return Source(str(images), _painting_files(images, paintings_parts), None)
+
+
+def _painting_files(images: Path, parts) -> list[str]:
+    """The files of the chosen parts only: train_N.zip unpacks into train_N/, and parts
+    chosen by earlier runs stay unpacked next to them."""
+    files = []
+    for part in parts:
+        found = [f"train_{part}/{path}" for path in list_files(images / f"train_{part}")]
+        if not found:
+            raise downloads.DownloadError(f"train_{part}.zip brought no files under train_{part}/ in {images}; "
+                                          "it is not the Painter by Numbers archive of that name.")
+        files += found
+    return sorted(files)
+
+
+def fingerprint(dataset: str, source: str = "", paintings_parts=(1,)) -> str | None:
+    """What identifies the dataset's content beyond the task's own parameters, known before
+    anything is fetched, or None (sample: versioned by its folder name)."""
+    if dataset == "folder":
+        return folder_fingerprint(source)
+    if dataset in ("flowers", "celeba"):
+        return " ".join(value for key, value in sorted(settings(dataset).items()) if key.endswith("md5"))
+    if dataset == "paintings":
+        # No published checksums: archives downloaded by hand are known by size and date.
+        archives = [Path(os.path.expanduser(source), f"train_{part}.zip") for part in paintings_parts] if source else []
+        stats = [f"{path.name} {path.stat().st_size} {path.stat().st_mtime_ns}" for path in archives if path.is_file()]
+        return " ".join([paintings().competition, *stats])
+    return None
 
 
 def sample_folder(download_dir: str) -> str:
@@ -71,15 +179,20 @@ def sample_folder(download_dir: str) -> str:
     return folder
 
 
-def list_files(folder: str) -> list[str]:
-    """Relative paths (with '/') of every regular file below folder, sorted, hidden ones included."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        for name in filenames:
-            full = os.path.join(dirpath, name)
-            if os.path.isfile(full) and not os.path.islink(full):
-                found.append(os.path.relpath(full, folder).replace(os.sep, "/"))
+def list_files(folder) -> list[str]:
+    """Relative paths (with '/') of every regular file below folder, sorted, hidden ones
+    included, symbolic links left out; empty if there is no such folder."""
+    if not os.path.isdir(folder):
+        return []
+    found, pending = [], [""]
+    while pending:
+        prefix = pending.pop()
+        with os.scandir(os.path.join(folder, prefix)) as entries:  # file types without a stat per file
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(f"{prefix}{entry.name}/")
+                elif entry.is_file(follow_symlinks=False):
+                    found.append(prefix + entry.name)
     return sorted(found)
 
 
@@ -87,7 +200,7 @@ def folder_fingerprint(folder: str) -> str:
     """sha256 over every file's relative path, size and modification time; empty if no such folder."""
     digest = hashlib.sha256()
     folder = os.path.expanduser(folder)
-    for relative_path in (list_files(folder) if os.path.isdir(folder) else []):
+    for relative_path in list_files(folder):
         info = os.stat(os.path.join(folder, relative_path))
         digest.update(f"{relative_path}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
     return digest.hexdigest()

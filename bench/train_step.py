@@ -1,11 +1,11 @@
 """Images per second of each GLCIC training phase: the project's training loop against the plain step.
 
-    python bench/train_step.py --device cuda --size 256 --batch 32 --compile --stream
-    python bench/train_step.py --device cpu --size 64 --batch 16
+    python bench/train_step.py --device cuda --size 256 --batch 32 --variants fast,compile,stream
+    python bench/train_step.py --device cpu --size 64 --batch 16 --width 0.25
 
 Both paths train the same networks from the same weights on the same synthetic photos:
 the fast path runs `ganmodels.training.train_phase` on uint8 shards (held on the
-device, or streamed from a memory map with --stream), the plain path
+device, or streamed from a memory map), the plain path
 (bench/plain.py) decodes the same photos from JPEG files at every step. Model FLOPs
 per image are counted from the networks with torch's FlopCounterMode over one real
 training step; on CUDA, MFU is achieved FLOP/s over the device's dense bf16 peak.
@@ -28,9 +28,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.plain import plain_phase  # noqa: E402
 from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig  # noqa: E402
-from ganmodels.data import ImageBank, StreamedImages  # noqa: E402
+from ganmodels.data import ImageBank, training_images  # noqa: E402
 from ganmodels.runtime import Runtime  # noqa: E402
 from ganmodels.training import train_phase  # noqa: E402
+
+# Fast-path variants: Runtime settings over those Runtime.resolve picks for the device.
+VARIANTS = {"fast": {}, "eager": {"compile": False}, "compile": {"compile": True}, "stream": {"data_on_device": "no"},
+            "nchw": {"channels_last": False}, "fp32": {"precision": "fp32"}}
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendor's data sheets, in FLOP/s.
 BF16_PEAKS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989.4e12), ("H200", 989.4e12),
@@ -41,26 +45,28 @@ def bf16_peak(device_name: str) -> float | None:
     return next((peak for name, peak in BF16_PEAKS if name in device_name), None)
 
 
-def synthetic_photos(count: int, side: int, seed: int = 0) -> np.ndarray:
-    """uint8 (N, side, side, 3) images: smooth colour fields with edges and grain, so JPEG decoding costs what photos cost."""
-    rng = np.random.default_rng(seed)
+def synthetic_photos(count: int, side: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 (N, side, side, 3) images: smooth colour fields with grain, so JPEG decoding costs what photos cost."""
     low = torch.from_numpy(rng.uniform(0, 255, (count, 3, 8, 8)).astype(np.float32))
     smooth = F.interpolate(low, size=(side, side), mode="bicubic", align_corners=False)
     grain = torch.from_numpy(rng.normal(0, 12, (count, 3, side, side)).astype(np.float32))
     return (smooth + grain).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def prepare_data(folder: str, count: int, size: int) -> tuple[list[str], np.ndarray]:
+def prepare_data(folder: str, count: int, size: int, chunk: int = 64) -> tuple[list[str], np.ndarray]:
     """JPEG files a quarter larger than the training size (for the plain path) and their shard (for the fast path)."""
-    photos = synthetic_photos(count, round(size * 1.25))
-    paths = []
-    for index, photo in enumerate(photos):
-        paths.append(os.path.join(folder, f"photo-{index:05d}.jpg"))
-        Image.fromarray(photo).save(paths[-1], quality=90)
-    chw = torch.from_numpy(photos).permute(0, 3, 1, 2).float()
-    shard = F.interpolate(chw, size=(size, size), mode="area").round().to(torch.uint8).numpy()
+    rng, paths = np.random.default_rng(0), []
     shard_path = os.path.join(folder, "train-00000.npy")
-    np.save(shard_path, shard)
+    shard = np.lib.format.open_memmap(shard_path, mode="w+", dtype=np.uint8, shape=(count, 3, size, size))
+    for start in range(0, count, chunk):
+        photos = synthetic_photos(min(chunk, count - start), round(size * 1.25), rng)
+        for index, photo in enumerate(photos, start):
+            paths.append(os.path.join(folder, f"photo-{index:05d}.jpg"))
+            Image.fromarray(photo).save(paths[-1], quality=90)
+        chw = torch.from_numpy(photos).permute(0, 3, 1, 2).float()
+        shard[start:start + len(photos)] = F.interpolate(chw, size=(size, size), mode="area").round().to(torch.uint8)
+    shard.flush()
+    del shard
     return paths, np.load(shard_path, mmap_mode="r")
 
 
@@ -89,7 +95,7 @@ def time_fast(phase, runtime, images, starts, args, model_config, mask_config, m
                         mean_pixel, starts[phase], runtime)
     rows = [row for row in state["history"] if row["phase"] == phase][1:]
     return {"images_per_s": statistics.median(row["images_per_s"] for row in rows),
-            "data_wait": max(row["data_wait"] for row in rows)}
+            "data_wait": max(row["data_wait"] for row in rows), "windows": [row["images_per_s"] for row in rows]}
 
 
 def describe_device(device: str) -> str:
@@ -109,8 +115,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--window", type=int, default=10, help="steps per timed window")
     parser.add_argument("--windows", type=int, default=3, help="timed windows per measurement (after one warm-up)")
     parser.add_argument("--photos", type=int, default=0, help="synthetic photos (default: enough for one epoch)")
-    parser.add_argument("--compile", action="store_true", help="also time the fast path with torch.compile")
-    parser.add_argument("--stream", action="store_true", help="also time the fast path streaming from the memory map")
+    parser.add_argument("--variants", default="fast,stream",
+                        help=f"fast-path variants to time, from {', '.join(VARIANTS)} (the plain path always runs)")
+    parser.add_argument("--data-workers", type=int, default=Runtime.data_workers,
+                        help="DataLoader workers of the fast path when it streams")
     parser.add_argument("--plain-workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="DataLoader workers of the plain path")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the dense bf16 peak for MFU")
@@ -124,27 +132,28 @@ def main(argv=None) -> dict:
     steps = args.window * (args.windows + 1)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else (bf16_peak(describe_device(device)) if device != "cpu" else None)
 
-    variants = {"fast": {}}
-    if args.compile:
-        variants["fast+compile"] = {"compile": True}
-    if args.stream:
-        variants["fast, streamed"] = {"data_on_device": "no", "data_workers": 2}
+    variants = {name: VARIANTS[name] for name in args.variants.split(",")}
 
     with tempfile.TemporaryDirectory() as folder:
         paths, shard = prepare_data(folder, args.photos or steps * args.batch, args.size)
         mean_pixel = torch.from_numpy(shard.mean(axis=(0, 2, 3)) / 255).float()
         flops, starts = count_flops(phases, model_config, mask_config, shard, mean_pixel, device)
-        sources = {"yes": ImageBank([shard], device), "no": StreamedImages([shard], device, workers=2)}
         results = []
         for phase in phases:
             for name, settings in variants.items():
-                runtime = Runtime.resolve(device, **settings)
-                images = sources[settings.get("data_on_device", "yes")]
-                measured = time_fast(phase, runtime, images, starts, args, model_config, mask_config, mean_pixel)
-                results.append({"phase": phase, "path": name, **measured})
+                runtime = Runtime.resolve(device, **{"data_workers": args.data_workers, **settings})
+                images = training_images([shard], runtime)
+                try:
+                    measured = time_fast(phase, runtime, images, starts, args, model_config, mask_config, mean_pixel)
+                except Exception as error:  # one variant failing (a compiler error, say) leaves the others' figures
+                    print(f"phase {phase} {name}: {type(error).__name__}: {error}", file=sys.stderr)
+                    continue
+                results.append({"phase": phase, "path": name, "runtime": runtime.to_dict(), **measured})
+                print(f"phase {phase} {name}: {measured}", flush=True)
             measured = plain_phase(phase_config(phase, steps, args.batch, steps), model_config, mask_config, paths,
                                    mean_pixel, starts[phase], device, args.plain_workers, warmup_steps=args.window)
             results.append({"phase": phase, "path": "plain", **measured})
+            print(f"phase {phase} plain: {measured}", flush=True)
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
 

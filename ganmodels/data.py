@@ -16,10 +16,9 @@ from .masks import crop_patches
 from .runtime import Runtime
 
 
-def batch_indices(count: int, batch_size: int, seed: Sequence[int], step: int) -> torch.Tensor:
+def batch_indices(count: int, batch_size: int, seed: Sequence[int], step: int) -> np.ndarray:
     """The dataset rows of one step's batch, drawn with replacement."""
-    rng = np.random.default_rng([*seed, step])
-    return torch.from_numpy(rng.integers(count, size=batch_size))
+    return np.random.default_rng([*seed, step]).integers(count, size=batch_size)
 
 
 def _image_shape(arrays: Sequence[np.ndarray]) -> tuple[int, ...]:
@@ -56,10 +55,11 @@ class ImageBank:
 
     def batches(self, batch_size: int, seed: Sequence[int], first_step: int = 0) -> Iterator[torch.Tensor]:
         """uint8 batches on the device for steps first_step, first_step + 1, ..."""
+        pin = self.images.device.type == "cuda"
         for step in itertools.count(first_step):
-            # non_blocking: the host does not wait for the device to finish earlier steps.
-            index = batch_indices(len(self), batch_size, seed, step).to(self.images.device, non_blocking=True)
-            yield self.images[index]
+            index = torch.from_numpy(batch_indices(len(self), batch_size, seed, step))
+            # From pinned memory the copy is queued behind the running steps instead of making the host wait.
+            yield self.images[(index.pin_memory() if pin else index).to(self.images.device, non_blocking=True)]
 
 
 class _MemoryMap:
@@ -88,8 +88,7 @@ class ShardRows(Dataset):
     def __len__(self) -> int:
         return int(self.starts[-1])
 
-    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
-        rows = rows.numpy()
+    def __getitem__(self, rows: np.ndarray) -> torch.Tensor:
         shards = np.searchsorted(self.starts, rows, side="right") - 1
         return torch.from_numpy(np.stack([self.arrays[s][r - self.starts[s]] for s, r in zip(shards, rows)]))
 
@@ -109,7 +108,7 @@ class _StepBatches(torch.utils.data.Sampler):
     def __init__(self, count: int, batch_size: int, seed: Sequence[int], first_step: int):
         self.count, self.batch_size, self.seed, self.first_step = count, batch_size, tuple(seed), first_step
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[np.ndarray]:  # numpy, not tensors: these cross to the workers pickled
         for step in itertools.count(self.first_step):
             yield batch_indices(self.count, self.batch_size, self.seed, step)
 

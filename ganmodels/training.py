@@ -29,6 +29,19 @@ def _optimizers(completion, discriminator, config: PhaseConfig, runtime: Runtime
             runtime.adam(discriminator.parameters(), lr=config.lr_discriminator, betas=(0.5, 0.999)))
 
 
+def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load optimizer state, laying each moment out like its parameter.
+
+    A state saved in another memory format (NCHW from a CPU run, say) would otherwise keep
+    it, and fused Adam on CUDA refuses moments whose layout differs from the parameter's.
+    """
+    optimizer.load_state_dict(state)
+    for parameter, moments in optimizer.state.items():
+        for key, value in moments.items():
+            if torch.is_tensor(value) and value.shape == parameter.shape and value.stride() != parameter.stride():
+                moments[key] = torch.empty_like(parameter).copy_(value)
+
+
 def _rng_state(generator: torch.Generator) -> dict:
     state = {"torch": torch.get_rng_state(), "sampler": generator.get_state()}
     if torch.cuda.is_available():
@@ -134,9 +147,9 @@ def _train_phase(config, model_config, mask_config, images, mean_pixel, start, r
         discriminator.load_state_dict(start["discriminator"])
         # Optimizer moments carry across phases, so phase 3 continues where 1 and 2 left each network.
         if "opt_completion" in start:
-            opt_completion.load_state_dict(start["opt_completion"])
+            _load_optimizer(opt_completion, start["opt_completion"])
         if "opt_discriminator" in start:
-            opt_discriminator.load_state_dict(start["opt_discriminator"])
+            _load_optimizer(opt_discriminator, start["opt_discriminator"])
         history = [row for row in start.get("history", []) if row["phase"] <= config.phase]
         if start["phase"] == config.phase:
             _restore_rng(start["rng"], sampler)

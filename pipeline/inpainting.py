@@ -58,7 +58,8 @@ class PretrainCompletion(ArtifactTask):
     # rounds activations, never the fp32 weights, as cuDNN's kernel choices already differ.
     precision = luigi.ChoiceParameter(default="auto", choices=("auto", "fp32", "bf16"), significant=False,
                                       description="auto: bf16 autocast on CUDA, fp32 on the CPU")
-    compile = luigi.BoolParameter(default=False, significant=False, description="torch.compile the networks")
+    compile = luigi.ChoiceParameter(default="auto", choices=("auto", "yes", "no"), significant=False,
+                                    description="torch.compile the networks; auto: on CUDA only")
     data_on_device = luigi.ChoiceParameter(default="auto", choices=DATA_PLACEMENTS, significant=False,
                                            description="Hold the train split on the device (yes), stream it "
                                                        "from the memory-mapped shards (no), or yes if it fits (auto)")
@@ -75,7 +76,8 @@ class PretrainCompletion(ArtifactTask):
             log_every=self.log_every, seed=self.seed, **self.phase_settings())
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
-        self.runtime = Runtime.resolve(device=self.device, precision=self.precision, compile=self.compile,
+        compile_networks = {"yes": True, "no": False}.get(self.compile, "auto")
+        self.runtime = Runtime.resolve(device=self.device, precision=self.precision, compile=compile_networks,
                                        data_on_device=self.data_on_device, data_workers=self.data_workers)
 
     def phase_settings(self) -> dict:

@@ -97,7 +97,7 @@ def test_shard_rows_travel_to_workers_as_memory_maps_not_copies(shards):
     assert len(payload) < 2000 < sum(a.nbytes for a in shards)
     copy = pickle.loads(payload)
     assert all(isinstance(a, np.memmap) for a in copy.arrays)
-    index = torch.tensor([0, 6, 7, 11])
+    index = np.array([0, 6, 7, 11])
     assert torch.equal(copy[index], rows[index])
     assert torch.equal(rows[index][2], torch.from_numpy(np.array(shards[1][0])))
 
@@ -111,6 +111,20 @@ def test_training_streamed_gives_the_same_model_as_training_on_the_device(shards
         assert torch.equal(value, states[1]["completion"][name]), name
     row = states[1]["history"][-1]
     assert 0 <= row["data_wait"] <= 1 and row["images_per_s"] > 0
+
+
+def test_optimizer_moments_follow_the_parameter_layout_when_resuming_across_layouts(shards):
+    """A phase saved in NCHW continues in channels_last (fused Adam on CUDA refuses mixed layouts)."""
+    model, masks = ModelConfig(image_size=SIZE, width=0.125), MaskConfig(image_size=SIZE)
+    state = None
+    for phase, runtime in ((1, Runtime(channels_last=False)), (2, Runtime(channels_last=False)), (3, Runtime())):
+        state = train_phase(PhaseConfig(phase=phase, steps=1, batch_size=BATCH), model, masks,
+                            ImageBank(shards, "cpu"), MEAN, state, runtime)
+    _, discriminator = build_networks(model)
+    parameters = [Runtime().place(discriminator).get_parameter(name) for name, _ in discriminator.named_parameters()]
+    moments = state["opt_discriminator"]["state"]
+    convolutions = [i for i, p in enumerate(parameters) if p.dim() == 4]
+    assert convolutions and all(moments[i]["exp_avg"].stride() == parameters[i].stride() for i in convolutions)
 
 
 def test_auto_placement_streams_only_what_does_not_fit(shards, monkeypatch):
@@ -141,7 +155,7 @@ def test_augment_takes_whole_crops_flipped_about_half_the_time():
 
 def test_runtime_resolves_auto_for_the_device_and_puts_global_switches_back():
     runtime = Runtime.resolve("cpu")
-    assert (runtime.precision, runtime.channels_last, runtime.device) == ("fp32", False, "cpu")
+    assert (runtime.precision, runtime.channels_last, runtime.compile, runtime.device) == ("fp32", True, False, "cpu")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

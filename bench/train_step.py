@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
+from torchvision.transforms import functional as TF
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,26 +46,27 @@ def bf16_peak(device_name: str) -> float | None:
     return next((peak for name, peak in BF16_PEAKS if name in device_name), None)
 
 
-def synthetic_photos(count: int, side: int, rng: np.random.Generator) -> np.ndarray:
-    """uint8 (N, side, side, 3) images: smooth colour fields with grain, so JPEG decoding costs what photos cost."""
+def synthetic_photos(count: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 (N, height, width, 3) images: smooth colour fields with grain, so JPEG decoding costs what photos cost."""
     low = torch.from_numpy(rng.uniform(0, 255, (count, 3, 8, 8)).astype(np.float32))
-    smooth = F.interpolate(low, size=(side, side), mode="bicubic", align_corners=False)
-    grain = torch.from_numpy(rng.normal(0, 12, (count, 3, side, side)).astype(np.float32))
+    smooth = F.interpolate(low, size=(height, width), mode="bicubic", align_corners=False)
+    grain = torch.from_numpy(rng.normal(0, 12, (count, 3, height, width)).astype(np.float32))
     return (smooth + grain).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def prepare_data(folder: str, count: int, size: int, chunk: int = 64) -> tuple[list[str], np.ndarray]:
-    """JPEG files a quarter larger than the training size (for the plain path) and their shard (for the fast path)."""
+def prepare_data(folder: str, count: int, photo_size: tuple[int, int], size: int,
+                 chunk: int = 64) -> tuple[list[str], np.ndarray]:
+    """JPEG files (for the plain path) and the shard PrepareImages would make of them (for the fast path)."""
     rng, paths = np.random.default_rng(0), []
     shard_path = os.path.join(folder, "train-00000.npy")
     shard = np.lib.format.open_memmap(shard_path, mode="w+", dtype=np.uint8, shape=(count, 3, size, size))
     for start in range(0, count, chunk):
-        photos = synthetic_photos(min(chunk, count - start), round(size * 1.25), rng)
+        photos = synthetic_photos(min(chunk, count - start), *photo_size, rng)
         for index, photo in enumerate(photos, start):
             paths.append(os.path.join(folder, f"photo-{index:05d}.jpg"))
             Image.fromarray(photo).save(paths[-1], quality=90)
-        chw = torch.from_numpy(photos).permute(0, 3, 1, 2).float()
-        shard[start:start + len(photos)] = F.interpolate(chw, size=(size, size), mode="area").round().to(torch.uint8)
+        chw = torch.from_numpy(photos).permute(0, 3, 1, 2)
+        shard[start:start + len(photos)] = TF.center_crop(TF.resize(chw, size, antialias=True), size)
     shard.flush()
     del shard
     return paths, np.load(shard_path, mmap_mode="r")
@@ -115,6 +117,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--window", type=int, default=10, help="steps per timed window")
     parser.add_argument("--windows", type=int, default=3, help="timed windows per measurement (after one warm-up)")
     parser.add_argument("--photos", type=int, default=0, help="synthetic photos (default: enough for one epoch)")
+    parser.add_argument("--photo-size", default="218x178",
+                        help="HEIGHTxWIDTH of the JPEG files the plain path decodes (default: aligned CelebA's)")
     parser.add_argument("--variants", default="fast,stream",
                         help=f"fast-path variants to time, from {', '.join(VARIANTS)} (the plain path always runs)")
     parser.add_argument("--data-workers", type=int, default=Runtime.data_workers,
@@ -135,7 +139,8 @@ def main(argv=None) -> dict:
     variants = {name: VARIANTS[name] for name in args.variants.split(",")}
 
     with tempfile.TemporaryDirectory() as folder:
-        paths, shard = prepare_data(folder, args.photos or steps * args.batch, args.size)
+        photo_size = tuple(int(side) for side in args.photo_size.split("x"))
+        paths, shard = prepare_data(folder, args.photos or steps * args.batch, photo_size, args.size)
         mean_pixel = torch.from_numpy(shard.mean(axis=(0, 2, 3)) / 255).float()
         flops, starts = count_flops(phases, model_config, mask_config, shard, mean_pixel, device)
         results = []
@@ -163,8 +168,9 @@ def main(argv=None) -> dict:
         row["gflop_per_image"] = flops[row["phase"]] / 1e9
         row["mfu"] = row["images_per_s"] * flops[row["phase"]] / peak if peak else None
     report = {"device": describe_device(device), "torch": torch.__version__, "size": args.size, "batch": args.batch,
-              "width": args.width, "bf16_peak_tflops": peak / 1e12 if peak else None, "results": results}
-    print(f"{report['device']}, torch {report['torch']}: size {args.size}, batch {args.batch}, width {args.width}")
+              "width": args.width, "photo_size": args.photo_size, "bf16_peak_tflops": peak / 1e12 if peak else None, "results": results}
+    print(f"{report['device']}, torch {report['torch']}: size {args.size}, batch {args.batch}, width {args.width}, "
+          f"plain path decoding {args.photo_size} JPEGs")
     print(f"{'phase':>5}  {'path':<16}{'images/s':>10}{'vs plain':>10}{'data wait':>11}{'GFLOP/img':>11}{'MFU':>8}")
     for row in results:
         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"

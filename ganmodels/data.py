@@ -2,10 +2,13 @@
 
 Both sources draw the images of step s from a generator seeded with (seed, s) alone, so
 they yield the same batches, a resumed run continues the sequence exactly, and where
-the images live never changes what is trained.
+the images live never changes what is trained. Each batch comes with the seconds the
+host waited for it (drawing rows, or for a DataLoader worker), not counting the copy it
+queues for the device: that runs behind the device's earlier work and delays nothing.
 """
 import itertools
 import mmap
+import time
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -53,13 +56,16 @@ class ImageBank:
     def image_shape(self) -> tuple[int, ...]:
         return tuple(self.images.shape[1:])
 
-    def batches(self, batch_size: int, seed: Sequence[int], first_step: int = 0) -> Iterator[torch.Tensor]:
-        """uint8 batches on the device for steps first_step, first_step + 1, ..."""
+    def batches(self, batch_size: int, seed: Sequence[int], first_step: int = 0) -> Iterator[tuple[torch.Tensor, float]]:
+        """(uint8 batch on the device, seconds waited) for steps first_step, first_step + 1, ..."""
         pin = self.images.device.type == "cuda"
         for step in itertools.count(first_step):
+            start = time.perf_counter()
             index = torch.from_numpy(batch_indices(len(self), batch_size, seed, step))
             # From pinned memory the copy is queued behind the running steps instead of making the host wait.
-            yield self.images[(index.pin_memory() if pin else index).to(self.images.device, non_blocking=True)]
+            index = index.pin_memory() if pin else index
+            waited = time.perf_counter() - start
+            yield self.images[index.to(self.images.device, non_blocking=True)], waited
 
 
 class _MemoryMap:
@@ -130,13 +136,17 @@ class StreamedImages:
     def image_shape(self) -> tuple[int, ...]:
         return self.rows.arrays[0].shape[1:]
 
-    def batches(self, batch_size: int, seed: Sequence[int], first_step: int = 0) -> Iterator[torch.Tensor]:
-        """uint8 batches on the device for steps first_step, first_step + 1, ..."""
+    def batches(self, batch_size: int, seed: Sequence[int], first_step: int = 0) -> Iterator[tuple[torch.Tensor, float]]:
+        """(uint8 batch on the device, seconds waited) for steps first_step, first_step + 1, ..."""
         loader = DataLoader(self.rows, sampler=_StepBatches(len(self), batch_size, seed, first_step), batch_size=None,
                             num_workers=self.workers, pin_memory=self.device.type == "cuda",
                             prefetch_factor=4 if self.workers else None)
-        for batch in loader:
-            yield batch.to(self.device, non_blocking=True)
+        batches = iter(loader)
+        while True:
+            start = time.perf_counter()
+            batch = next(batches)
+            waited = time.perf_counter() - start
+            yield batch.to(self.device, non_blocking=True), waited
 
 
 TrainingImages = ImageBank | StreamedImages

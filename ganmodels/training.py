@@ -178,9 +178,8 @@ def _train_phase(config, model_config, mask_config, images, mean_pixel, start, r
     window_start, window_steps, waited = time.perf_counter(), 0, 0.0
     with contextlib.closing(images.batches(config.batch_size, (config.seed, config.phase), first_step)) as batches:
         for step in range(first_step, config.steps):
-            fetch_start = time.perf_counter()
-            stored = next(batches)
-            waited += time.perf_counter() - fetch_start
+            stored, seconds_waited = next(batches)
+            waited += seconds_waited
             real = augment(stored, size, sampler, runtime.memory_format)
             holes = sample_holes(config.batch_size, mask_config, sampler)
             mask = holes_to_mask(holes, size).contiguous(memory_format=runtime.memory_format)

@@ -84,10 +84,10 @@ def test_streamed_batches_are_the_device_batches(shards):
     bank = ImageBank(shards, "cpu")
     streamed = StreamedImages(shards, "cpu", workers=1)
     expected = bank.batches(BATCH, (3, 1), first_step=5)
-    for batch, _ in zip(streamed.batches(BATCH, (3, 1), first_step=5), range(4)):
-        assert batch.dtype == torch.uint8 and torch.equal(batch, next(expected))
+    for (batch, waited), _ in zip(streamed.batches(BATCH, (3, 1), first_step=5), range(4)):
+        assert batch.dtype == torch.uint8 and torch.equal(batch, next(expected)[0]) and waited >= 0
     everything = np.concatenate(shards)
-    first = next(ImageBank(shards, "cpu").batches(len(everything) * 4, (0,)))
+    first, _ = next(ImageBank(shards, "cpu").batches(len(everything) * 4, (0,)))
     assert {bytes(image.numpy()) for image in first} <= {bytes(image) for image in everything}
 
 

@@ -77,15 +77,10 @@ def phase_config(phase: int, steps: int, batch: int, log_every: int) -> PhaseCon
                        checkpoint_every=steps + 1)
 
 
-def count_flops(phases, model_config, mask_config, shard, mean_pixel) -> tuple[dict, dict]:
-    """Model FLOPs per image of one training step of each phase, and each phase's end state to start from.
-
-    Counted on the CPU in eager fp32, where every convolution and product is seen by the
-    counter and none is channel-padded (AlignedConv2d pads on CUDA only): the padding's
-    multiplications by zero are not model FLOPs.
-    """
-    runtime = Runtime()
-    images = ImageBank([shard[:4]], "cpu")
+def count_flops(phases, model_config, mask_config, shard, mean_pixel, device) -> tuple[dict, dict]:
+    """Model FLOPs per image of one training step of each phase, and each phase's end state to start from."""
+    runtime = Runtime(device=device)  # eager fp32: every convolution and product is seen by the counter
+    images = ImageBank([shard[:4]], device)
     flops, starts, state = {}, {}, None
     for phase in range(1, max(phases) + 1):
         starts[phase] = state
@@ -147,7 +142,7 @@ def main(argv=None) -> dict:
         photo_size = tuple(int(side) for side in args.photo_size.split("x"))
         paths, shard = prepare_data(folder, args.photos or steps * args.batch, photo_size, args.size)
         mean_pixel = torch.from_numpy(shard.mean(axis=(0, 2, 3)) / 255).float()
-        flops, starts = count_flops(phases, model_config, mask_config, shard, mean_pixel)
+        flops, starts = count_flops(phases, model_config, mask_config, shard, mean_pixel, device)
         results = []
         for phase in phases:
             for name, settings in variants.items():

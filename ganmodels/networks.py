@@ -6,7 +6,6 @@ Every network here is a plain nn.Module; discriminators return one logit per ima
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
@@ -17,34 +16,12 @@ def _channels(base: int, width: float) -> int:
     return max(4, round(base * width))
 
 
-class AlignedConv2d(nn.Conv2d):
-    """nn.Conv2d that, on CUDA, zero-pads a channel count that is not a multiple of 8.
-
-    cuDNN's fast tensor-core kernels need 16-byte aligned channels (8 in bf16); with the
-    4 input channels of the completion network, 3 of an RGB image or 3 outputs it falls
-    back to kernels several times slower. The padding is zeros in both the input and the
-    weight, so the output and the parameters are exactly nn.Conv2d's.
-    """
-
-    ALIGNMENT = 8
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        misaligned = (self.in_channels % self.ALIGNMENT or self.out_channels % self.ALIGNMENT) and self.groups == 1
-        return self.padded_forward(x) if x.is_cuda and misaligned else super().forward(x)
-
-    def padded_forward(self, x: torch.Tensor) -> torch.Tensor:
-        extra_in, extra_out = -self.in_channels % self.ALIGNMENT, -self.out_channels % self.ALIGNMENT
-        weight = F.pad(self.weight, (0, 0, 0, 0, 0, extra_in, 0, extra_out))
-        bias = None if self.bias is None else F.pad(self.bias, (0, extra_out))
-        return self._conv_forward(F.pad(x, (0, 0, 0, 0, 0, extra_in)), weight, bias)[:, :self.out_channels]
-
-
 def conv_norm_act(c_in, c_out, kernel, stride=1, dilation=1, transpose=False, activation=None):
     if transpose:
         conv = nn.ConvTranspose2d(c_in, c_out, kernel, stride, padding=(kernel - stride) // 2, bias=False)
     else:
         padding = dilation * (kernel - 1) // 2
-        conv = AlignedConv2d(c_in, c_out, kernel, stride, padding=padding, dilation=dilation, bias=False)
+        conv = nn.Conv2d(c_in, c_out, kernel, stride, padding=padding, dilation=dilation, bias=False)
     return nn.Sequential(conv, nn.BatchNorm2d(c_out), activation or nn.ReLU(inplace=True))
 
 
@@ -72,7 +49,7 @@ class CompletionNetwork(nn.Module):
             conv_norm_act(c128, c128, 3),
             conv_norm_act(c128, c64, 4, stride=2, transpose=True),
             conv_norm_act(c64, c32, 3),
-            AlignedConv2d(c32, 3, 3, padding=1),
+            nn.Conv2d(c32, 3, 3, padding=1),
             nn.Sigmoid(),
         )
 

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import chi2_contingency
-from torch import nn
 
 from bench.plain import PLAIN_RUNTIME_SETTINGS, reference_holes, reference_mask
 from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig
 from ganmodels.data import ImageBank, ShardRows, StreamedImages, augment, training_images
 from ganmodels.masks import holes_to_mask, patch_origins, sample_holes
-from ganmodels.networks import AlignedConv2d, build_networks
+from ganmodels.networks import build_networks
 from ganmodels.runtime import Runtime
 from ganmodels.training import train_phase, train_step
 
@@ -59,20 +58,6 @@ def test_fast_and_plain_steps_give_the_same_losses_on_the_same_batch(phase):
     for fast_losses, plain_losses in zip(fast, plain):  # the second step also compares the first update
         assert fast_losses.abs().sum() > 0
         torch.testing.assert_close(fast_losses, plain_losses, rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.parametrize("c_in,c_out,bias", [(4, 16, False), (3, 8, True), (32, 3, True)])
-def test_channel_padded_convolution_equals_the_plain_one(c_in, c_out, bias):
-    torch.manual_seed(0)
-    conv = AlignedConv2d(c_in, c_out, 3, stride=2, padding=2, dilation=2, bias=bias).to(memory_format=torch.channels_last)
-    x = torch.randn(2, c_in, 12, 12).contiguous(memory_format=torch.channels_last).requires_grad_()
-    padded = conv.padded_forward(x)
-    plain = nn.Conv2d.forward(conv, x)
-    torch.testing.assert_close(padded, plain)
-    padded_grads = torch.autograd.grad(padded.square().sum(), [x, *conv.parameters()])
-    plain_grads = torch.autograd.grad(plain.square().sum(), [x, *conv.parameters()])
-    for padded_grad, plain_grad in zip(padded_grads, plain_grads):
-        torch.testing.assert_close(padded_grad, plain_grad)
 
 
 def _same_distribution(a: np.ndarray, b: np.ndarray) -> bool:

@@ -56,16 +56,24 @@ class ImageBank:
     def image_shape(self) -> tuple[int, ...]:
         return tuple(self.images.shape[1:])
 
-    def batches(self, batch_size: int, seed: Sequence[int], first_step: int = 0) -> Iterator[tuple[torch.Tensor, float]]:
-        """(uint8 batch on the device, seconds waited) for steps first_step, first_step + 1, ..."""
+    def batches(self, batch_size: int, seed: Sequence[int], first_step: int = 0,
+                steps_per_copy: int = 256) -> Iterator[tuple[torch.Tensor, float]]:
+        """(uint8 batch on the device, seconds waited) for steps first_step, first_step + 1, ...
+
+        The rows of `steps_per_copy` steps go to the device in one copy: from pinned memory
+        it is queued behind the running steps instead of making the host wait, and pinning
+        once per step would cost more than the draw itself.
+        """
         pin = self.images.device.type == "cuda"
-        for step in itertools.count(first_step):
+        for chunk in itertools.count(first_step, steps_per_copy):
             start = time.perf_counter()
-            index = torch.from_numpy(batch_indices(len(self), batch_size, seed, step))
-            # From pinned memory the copy is queued behind the running steps instead of making the host wait.
-            index = index.pin_memory() if pin else index
+            rows = torch.from_numpy(np.stack([batch_indices(len(self), batch_size, seed, step)
+                                              for step in range(chunk, chunk + steps_per_copy)]))
+            rows = (rows.pin_memory() if pin else rows).to(self.images.device, non_blocking=True)
             waited = time.perf_counter() - start
-            yield self.images[index.to(self.images.device, non_blocking=True)], waited
+            for index in rows:
+                yield self.images[index], waited
+                waited = 0.0
 
 
 class _MemoryMap:

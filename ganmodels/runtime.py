@@ -40,7 +40,7 @@ class Runtime:
     compile: bool = False
     fused_optimizer: bool = True
     data_on_device: str = "auto"
-    data_workers: int = 2
+    data_workers: int = 4
 
     def __post_init__(self):
         _require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")

@@ -63,7 +63,7 @@ class PretrainCompletion(ArtifactTask):
     data_on_device = luigi.ChoiceParameter(default="auto", choices=DATA_PLACEMENTS, significant=False,
                                            description="Hold the train split on the device (yes), stream it "
                                                        "from the memory-mapped shards (no), or yes if it fits (auto)")
-    data_workers = luigi.IntParameter(default=2, significant=False, description="DataLoader workers when streaming")
+    data_workers = luigi.IntParameter(default=4, significant=False, description="DataLoader workers when streaming")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -171,3 +171,13 @@ def test_runtime_resolves_auto_for_the_device_and_puts_global_switches_back():
 def test_bad_runtime_settings_raise_clear_errors(settings):
     with pytest.raises(ValueError, match="must be"):
         Runtime(**settings)
+
+
+def test_speed_parameters_reach_the_runtime_without_changing_the_task_hash(artifact_root, image_folder):
+    from pipeline.inpainting import PretrainCompletion
+
+    fast = PretrainCompletion(dataset="folder", source=image_folder, device="cpu", precision="fp32", compile="yes",
+                              data_on_device="no", data_workers=1)
+    assert fast.runtime == Runtime(device="cpu", precision="fp32", compile=True, data_on_device="no", data_workers=1)
+    assert fast.resolved_config()["runtime"] == fast.runtime.to_dict()
+    assert fast.artifact_hash() == PretrainCompletion(dataset="folder", source=image_folder).artifact_hash()

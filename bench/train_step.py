@@ -134,7 +134,9 @@ def main(argv=None) -> dict:
     model_config = ModelConfig(image_size=args.size, width=args.width)
     mask_config = MaskConfig(image_size=args.size)
     steps = args.window * (args.windows + 1)
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else (bf16_peak(describe_device(device)) if device != "cpu" else None)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
+    if peak is None and device != "cpu":
+        peak = bf16_peak(describe_device(device))
 
     variants = {name: VARIANTS[name] for name in args.variants.split(",")}
 
@@ -168,7 +170,8 @@ def main(argv=None) -> dict:
         row["gflop_per_image"] = flops[row["phase"]] / 1e9
         row["mfu"] = row["images_per_s"] * flops[row["phase"]] / peak if peak else None
     report = {"device": describe_device(device), "torch": torch.__version__, "size": args.size, "batch": args.batch,
-              "width": args.width, "photo_size": args.photo_size, "bf16_peak_tflops": peak / 1e12 if peak else None, "results": results}
+              "width": args.width, "photo_size": args.photo_size, "bf16_peak_tflops": peak / 1e12 if peak else None,
+              "results": results}
     print(f"{report['device']}, torch {report['torch']}: size {args.size}, batch {args.batch}, width {args.width}, "
           f"plain path decoding {args.photo_size} JPEGs")
     print(f"{'phase':>5}  {'path':<16}{'images/s':>10}{'vs plain':>10}{'data wait':>11}{'GFLOP/img':>11}{'MFU':>8}")

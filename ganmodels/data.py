@@ -183,8 +183,8 @@ def augment(stored: torch.Tensor, size: int, generator: torch.Generator,
         raise ValueError(f"stored images of {height}x{width} px are smaller than the training size {size}")
     device = generator.device
     if (height, width) != (size, size):
-        room = torch.tensor([height - size + 1, width - size + 1], device=device)
-        origins = (torch.rand(batch_size, 2, generator=generator, device=device) * room).long()
+        offsets = torch.rand(batch_size, 2, generator=generator, device=device)
+        origins = torch.stack([offsets[:, 0] * (height - size + 1), offsets[:, 1] * (width - size + 1)], dim=1).long()
         stored = crop_patches(stored, origins.to(stored.device), size)
     flips = (torch.rand(batch_size, generator=generator, device=device) < 0.5).to(stored.device)
     stored = torch.where(flips[:, None, None, None], stored.flip(3), stored)

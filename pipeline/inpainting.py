@@ -112,7 +112,8 @@ class PretrainCompletion(ArtifactTask):
 
     def log_row(self, row: dict) -> None:
         losses = ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k in ("mse", "loss_d", "loss_adv") and v is not None)
-        message = f"phase {row['phase']} step {row['step']}/{row['steps']}: {losses}, {row['images_per_s']:.1f} images/s, waiting for data {row['data_wait']:.1%}"
+        message = (f"phase {row['phase']} step {row['step']}/{row['steps']}: {losses}, "
+                   f"{row['images_per_s']:.1f} images/s, waiting for data {row['data_wait']:.1%}")
         log.info("%s %s", self.get_task_family(), message)
         self.report_progress(row["step"] / row["steps"], message)
 

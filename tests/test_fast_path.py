@@ -34,7 +34,8 @@ def shards(tmp_path):
 
 def _train_steps(runtime: Runtime, phase: int, real, mask, origins, steps=2) -> list[torch.Tensor]:
     torch.manual_seed(0)
-    completion, discriminator = (runtime.place(net).train() for net in build_networks(ModelConfig(image_size=SIZE, width=0.125)))
+    networks = build_networks(ModelConfig(image_size=SIZE, width=0.125))
+    completion, discriminator = (runtime.place(net).train() for net in networks)
     optimizers = (runtime.adam(completion.parameters(), lr=1e-3), runtime.adam(discriminator.parameters(), lr=1e-3))
     discriminator.requires_grad_(phase != 1)
     if phase == 2:

@@ -6,6 +6,7 @@ MSE + alpha * adversarial loss. Each phase starts from the previous phase's stat
 can resume from its own checkpoint: a state dict holds the networks, the optimizers,
 the step and every random number generator in use, so a resumed run continues exactly.
 """
+import contextlib
 import logging
 import time
 from typing import Callable
@@ -14,17 +15,31 @@ import torch
 from torch import nn
 
 from .config import MaskConfig, ModelConfig, PhaseConfig
-from .data import ImageBank
+from .data import TrainingImages, augment
 from .losses import discriminator_loss, generator_adversarial_loss, hole_mse
 from .masks import holes_to_mask, patch_origins, sample_holes
 from .networks import build_networks, complete
+from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
-def _optimizers(completion, discriminator, config: PhaseConfig):
-    return (torch.optim.Adam(completion.parameters(), lr=config.lr_completion),
-            torch.optim.Adam(discriminator.parameters(), lr=config.lr_discriminator, betas=(0.5, 0.999)))
+def _optimizers(completion, discriminator, config: PhaseConfig, runtime: Runtime):
+    return (runtime.adam(completion.parameters(), lr=config.lr_completion),
+            runtime.adam(discriminator.parameters(), lr=config.lr_discriminator, betas=(0.5, 0.999)))
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load optimizer state, laying each moment out like its parameter.
+
+    A state saved in another memory format (NCHW from a CPU run, say) would otherwise keep
+    it, and fused Adam on CUDA refuses moments whose layout differs from the parameter's.
+    """
+    optimizer.load_state_dict(state)
+    for parameter, moments in optimizer.state.items():
+        for key, value in moments.items():
+            if torch.is_tensor(value) and value.shape == parameter.shape and value.stride() != parameter.stride():
+                moments[key] = torch.empty_like(parameter).copy_(value)
 
 
 def _rng_state(generator: torch.Generator) -> dict:
@@ -42,9 +57,10 @@ def _restore_rng(state: dict, generator: torch.Generator) -> None:
 
 
 def discriminator_step(discriminator: nn.Module, optimizer: torch.optim.Optimizer, real: torch.Tensor,
-                       completed: torch.Tensor, origins: torch.Tensor) -> torch.Tensor:
+                       completed: torch.Tensor, origins: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     """One discriminator update on real images against completions; returns the detached loss."""
-    loss = discriminator_loss(discriminator(real, origins), discriminator(completed.detach(), origins))
+    with runtime.autocast():
+        loss = discriminator_loss(discriminator(real, origins), discriminator(completed.detach(), origins))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -53,7 +69,7 @@ def discriminator_step(discriminator: nn.Module, optimizer: torch.optim.Optimize
 
 def completion_step(optimizer: torch.optim.Optimizer, completed: torch.Tensor, real: torch.Tensor,
                     mask: torch.Tensor, origins: torch.Tensor, discriminator: nn.Module | None,
-                    alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+                    alpha: float, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
     """One completion-network update: hole MSE, plus alpha * adversarial loss when a discriminator is given.
 
     The discriminator is frozen during this step so it receives no gradient from it.
@@ -64,7 +80,8 @@ def completion_step(optimizer: torch.optim.Optimizer, completed: torch.Tensor, r
     if discriminator is not None:
         trainable = [p.requires_grad for p in discriminator.parameters()]
         discriminator.requires_grad_(False)
-        adversarial = generator_adversarial_loss(discriminator(completed, origins))
+        with runtime.autocast():
+            adversarial = generator_adversarial_loss(discriminator(completed, origins))
         for parameter, flag in zip(discriminator.parameters(), trainable):
             parameter.requires_grad_(flag)
     optimizer.zero_grad(set_to_none=True)
@@ -73,9 +90,31 @@ def completion_step(optimizer: torch.optim.Optimizer, completed: torch.Tensor, r
     return mse.detach(), adversarial.detach()
 
 
+def train_step(phase: int, completion: nn.Module, discriminator: nn.Module,
+               optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer], real: torch.Tensor,
+               mask: torch.Tensor, origins: torch.Tensor, mean_pixel: torch.Tensor, alpha: float,
+               runtime: Runtime) -> torch.Tensor:
+    """One update of a phase on one batch; returns the detached (mse, discriminator, adversarial) losses.
+
+    Phase 1 updates the completion network, phase 2 the discriminator, phase 3 the
+    discriminator and then the completion network against it. A loss a phase does not
+    compute is 0.
+    """
+    opt_completion, opt_discriminator = optimizers
+    with runtime.autocast(), torch.set_grad_enabled(phase != 2):
+        completed = complete(completion, real, mask, mean_pixel)
+    zero = torch.zeros((), device=real.device)
+    mse, loss_d, adversarial = zero, zero, zero
+    if phase in (2, 3):
+        loss_d = discriminator_step(discriminator, opt_discriminator, real, completed, origins, runtime)
+    if phase in (1, 3):
+        adversary = discriminator if phase == 3 else None
+        mse, adversarial = completion_step(opt_completion, completed, real, mask, origins, adversary, alpha, runtime)
+    return torch.stack([mse, loss_d, adversarial])
+
+
 def train_phase(config: PhaseConfig, model_config: ModelConfig, mask_config: MaskConfig,
-                images: ImageBank, mean_pixel: torch.Tensor, start: dict | None,
-                device: torch.device | str,
+                images: TrainingImages, mean_pixel: torch.Tensor, start: dict | None, runtime: Runtime,
                 on_checkpoint: Callable[[dict], None] = lambda state: None,
                 on_log: Callable[[dict], None] = lambda row: None) -> dict:
     """Train one phase and return its final state.
@@ -83,13 +122,22 @@ def train_phase(config: PhaseConfig, model_config: ModelConfig, mask_config: Mas
     `start` is either None (fresh networks, phase 1 only), the previous phase's final
     state, or a checkpoint of this same phase to resume from. `on_checkpoint` must
     persist the state it is given before returning: its tensors are the live ones.
+    The device reads back results only every `log_every` steps; each log row also
+    says which share of the time the loop spent waiting for its next batch.
     """
-    device = torch.device(device)
     if start is None and config.phase != 1:
         raise ValueError(f"phase {config.phase} needs the state of phase {config.phase - 1} to start from")
+    if min(images.image_shape[1:]) < model_config.image_size:
+        raise ValueError(f"training images of {images.image_shape} are smaller than image_size {model_config.image_size}")
+    with runtime.active():
+        return _train_phase(config, model_config, mask_config, images, mean_pixel, start, runtime, on_checkpoint, on_log)
+
+
+def _train_phase(config, model_config, mask_config, images, mean_pixel, start, runtime, on_checkpoint, on_log):
+    device = runtime.torch_device
     torch.manual_seed(config.seed + config.phase)  # fresh weights are seeded; loaded ones overwrite them
-    completion, discriminator = (net.to(device).train() for net in build_networks(model_config))
-    opt_completion, opt_discriminator = _optimizers(completion, discriminator, config)
+    completion, discriminator = (runtime.place(net).train() for net in build_networks(model_config))
+    opt_completion, opt_discriminator = _optimizers(completion, discriminator, config, runtime)
     sampler = torch.Generator(device=device).manual_seed(config.seed + config.phase)
     mean_pixel = mean_pixel.to(device)
 
@@ -99,9 +147,9 @@ def train_phase(config: PhaseConfig, model_config: ModelConfig, mask_config: Mas
         discriminator.load_state_dict(start["discriminator"])
         # Optimizer moments carry across phases, so phase 3 continues where 1 and 2 left each network.
         if "opt_completion" in start:
-            opt_completion.load_state_dict(start["opt_completion"])
+            _load_optimizer(opt_completion, start["opt_completion"])
         if "opt_discriminator" in start:
-            opt_discriminator.load_state_dict(start["opt_discriminator"])
+            _load_optimizer(opt_discriminator, start["opt_discriminator"])
         history = [row for row in start.get("history", []) if row["phase"] <= config.phase]
         if start["phase"] == config.phase:
             _restore_rng(start["rng"], sampler)
@@ -125,40 +173,38 @@ def train_phase(config: PhaseConfig, model_config: ModelConfig, mask_config: Mas
     discriminator.requires_grad_(config.phase != 1)
     if config.phase == 2:
         completion.eval()  # frozen: not even its batch-norm statistics move
+    completion, discriminator = runtime.finish(completion), runtime.finish(discriminator)
+    size, optimizers = model_config.image_size, (opt_completion, opt_discriminator)
     totals = torch.zeros(3, device=device)  # running sums of (mse, d loss, g adversarial) between log lines
-    window_start, window_steps = time.perf_counter(), 0
-    for step in range(first_step, config.steps):
-        real = images.sample(config.batch_size, sampler)
-        holes = sample_holes(config.batch_size, mask_config, sampler)
-        mask = holes_to_mask(holes, model_config.image_size)
-        origins = patch_origins(holes, model_config.image_size, model_config.local_size)
+    window_start, window_steps, waited = time.perf_counter(), 0, 0.0
+    with contextlib.closing(images.batches(config.batch_size, (config.seed, config.phase), first_step)) as batches:
+        for step in range(first_step, config.steps):
+            stored, seconds_waited = next(batches)
+            waited += seconds_waited
+            real = augment(stored, size, sampler, runtime.memory_format)
+            holes = sample_holes(config.batch_size, mask_config, sampler)
+            mask = holes_to_mask(holes, size).contiguous(memory_format=runtime.memory_format)
+            origins = patch_origins(holes, size, model_config.local_size)
+            totals += train_step(config.phase, completion, discriminator, optimizers, real, mask, origins,
+                                 mean_pixel, config.alpha, runtime)
 
-        with torch.set_grad_enabled(config.phase != 2):
-            completed = complete(completion, real, mask, mean_pixel)
-        if config.phase in (2, 3):
-            totals[1] += discriminator_step(discriminator, opt_discriminator, real, completed, origins)
-        if config.phase in (1, 3):
-            adversary = discriminator if config.phase == 3 else None
-            losses = completion_step(opt_completion, completed, real, mask, origins, adversary, config.alpha)
-            totals[0] += losses[0]
-            totals[2] += losses[1]
-
-        window_steps += 1
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            means = (totals / window_steps).tolist()  # the one host synchronisation, every log_every steps
-            elapsed = time.perf_counter() - window_start
-            row = {"phase": config.phase, "step": done, "steps": config.steps,
-                   "mse": means[0] if config.phase != 2 else None,
-                   "loss_d": means[1] if config.phase != 1 else None,
-                   "loss_adv": means[2] if config.phase == 3 else None,
-                   "images_per_s": window_steps * config.batch_size / max(elapsed, 1e-9)}
-            history.append(row)
-            on_log(row)
-            totals.zero_()
-            window_start, window_steps = time.perf_counter(), 0
-        if done % config.checkpoint_every == 0 and done < config.steps:
-            on_checkpoint(state(done))
+            window_steps += 1
+            done = step + 1
+            if done % config.log_every == 0 or done == config.steps:
+                means = (totals / window_steps).tolist()  # the one host synchronisation, every log_every steps
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                row = {"phase": config.phase, "step": done, "steps": config.steps,
+                       "mse": means[0] if config.phase != 2 else None,
+                       "loss_d": means[1] if config.phase != 1 else None,
+                       "loss_adv": means[2] if config.phase == 3 else None,
+                       "images_per_s": window_steps * config.batch_size / elapsed,
+                       "data_wait": waited / elapsed}
+                history.append(row)
+                on_log(row)
+                totals.zero_()
+                window_start, window_steps, waited = time.perf_counter(), 0, 0.0
+            if done % config.checkpoint_every == 0 and done < config.steps:
+                on_checkpoint(state(done))
     return state(config.steps)
 
 

@@ -11,10 +11,11 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from ganmodels.config import ARCHITECTURES, MaskConfig, ModelConfig, PhaseConfig
-from ganmodels.data import ImageBank, to_float
+from ganmodels.data import ImageBank, to_float, training_images
 from ganmodels.masks import holes_to_mask, sample_holes
 from ganmodels.metrics import inpainting_metrics
 from ganmodels.networks import complete, fill_holes
+from ganmodels.runtime import DATA_PLACEMENTS, Runtime
 from ganmodels.training import load_completion, train_phase
 
 from . import storage
@@ -23,12 +24,6 @@ from .data import BuildShards
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoints/step-(\d+)\.pt$")
 FINAL_STATE = "model.pt"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def save_state(task: ArtifactTask, name: str, state: dict) -> None:
@@ -60,6 +55,16 @@ class PretrainCompletion(ArtifactTask):
     log_every = luigi.IntParameter(default=50, significant=False)
     keep_checkpoints = luigi.IntParameter(default=2, significant=False)
     device = luigi.Parameter(default="auto", significant=False, description="auto, cpu, cuda or cuda:N")
+    # Like the device, these change how fast a model trains, not which model: bf16 autocast
+    # rounds activations, never the fp32 weights, as cuDNN's kernel choices already differ.
+    precision = luigi.ChoiceParameter(default="auto", choices=("auto", "fp32", "bf16"), significant=False,
+                                      description="auto: bf16 autocast on CUDA, fp32 on the CPU")
+    compile = luigi.ChoiceParameter(default="auto", choices=("auto", "yes", "no"), significant=False,
+                                    description="torch.compile the networks; auto: on CUDA only")
+    data_on_device = luigi.ChoiceParameter(default="auto", choices=DATA_PLACEMENTS, significant=False,
+                                           description="Hold the train split on the device (yes), stream it "
+                                                       "from the memory-mapped shards (no), or yes if it fits (auto)")
+    data_workers = luigi.IntParameter(default=4, significant=False, description="DataLoader workers when streaming")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -72,6 +77,9 @@ class PretrainCompletion(ArtifactTask):
             log_every=self.log_every, seed=self.seed, **self.phase_settings())
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        compile_networks = {"yes": True, "no": False}.get(self.compile, "auto")
+        self.runtime = Runtime.resolve(device=self.device, precision=self.precision, compile=compile_networks,
+                                       data_on_device=self.data_on_device, data_workers=self.data_workers)
 
     def phase_settings(self) -> dict:
         """The PhaseConfig fields that differ between phases."""
@@ -82,7 +90,7 @@ class PretrainCompletion(ArtifactTask):
 
     def resolved_config(self) -> dict:
         return {"model": self.model_config.to_dict(), "mask": self.mask_config.to_dict(),
-                "phase": self.phase_config.to_dict()}
+                "phase": self.phase_config.to_dict(), "runtime": self.runtime.to_dict()}
 
     def checkpoints(self) -> list[tuple[int, str]]:
         found = [(int(m.group(1)), name) for name in storage.list_files(self.directory)
@@ -105,22 +113,24 @@ class PretrainCompletion(ArtifactTask):
 
     def log_row(self, row: dict) -> None:
         losses = ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k in ("mse", "loss_d", "loss_adv") and v is not None)
-        message = f"phase {row['phase']} step {row['step']}/{row['steps']}: {losses}, {row['images_per_s']:.1f} images/s"
+        message = (f"phase {row['phase']} step {row['step']}/{row['steps']}: {losses}, "
+                   f"{row['images_per_s']:.1f} images/s, waiting for data {row['data_wait']:.1%}")
         log.info("%s %s", self.get_task_family(), message)
         self.report_progress(row["step"] / row["steps"], message)
 
     def build(self):
-        device = resolve_device(self.device)
+        device = self.runtime.torch_device
         shards = self.requires()["shards"]
-        images = ImageBank(shards.split_arrays("train"), device)
+        images = training_images(shards.split_arrays("train"), self.runtime)
         state = train_phase(self.phase_config, self.model_config, self.mask_config, images,
-                            torch.tensor(shards.mean_pixel()), self.start_state(device), device,
+                            torch.tensor(shards.mean_pixel()), self.start_state(device), self.runtime,
                             on_checkpoint=self.save_checkpoint, on_log=self.log_row)
         save_state(self, FINAL_STATE, state)
         with self.open_write("history.csv") as file:
             pd.DataFrame(state["history"]).to_csv(file, index=False)
         last = state["history"][-1] if state["history"] else {}
-        return {"steps": state["step"], "device": str(device), "last_log": last}
+        return {"steps": state["step"], "device": str(device), "data_on_device": isinstance(images, ImageBank),
+                "last_log": last}
 
 
 class PretrainDiscriminator(PretrainCompletion):

@@ -6,6 +6,7 @@ from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig
 from ganmodels.data import ImageBank
 from ganmodels.masks import holes_to_mask, patch_origins, sample_holes
 from ganmodels.networks import build_networks, complete
+from ganmodels.runtime import Runtime
 from ganmodels.training import completion_step, train_phase
 
 MEAN = torch.tensor([0.5, 0.4, 0.3])
@@ -20,7 +21,7 @@ def bank():
 def _run(phase, start, bank, arch="glcic", steps=6, on_checkpoint=lambda s: None):
     config = PhaseConfig(phase=phase, steps=steps, batch_size=4, checkpoint_every=3, log_every=2, alpha=0.1)
     return train_phase(config, ModelConfig(arch=arch, image_size=32, width=0.125), MaskConfig(image_size=32),
-                       bank, MEAN, start, "cpu", on_checkpoint=on_checkpoint)
+                       bank, MEAN, start, Runtime(), on_checkpoint=on_checkpoint)
 
 
 @pytest.mark.parametrize("arch", ["glcic", "infill"])
@@ -70,7 +71,7 @@ def test_completion_step_leaves_no_gradient_in_the_discriminator():
     mask, origins = holes_to_mask(holes, 32), patch_origins(holes, 32, 16)
     optimizer = torch.optim.Adam(completion.parameters())
     mse, adversarial = completion_step(optimizer, complete(completion, real, mask, MEAN), real, mask, origins,
-                                       discriminator, alpha=1.0)
+                                       discriminator, alpha=1.0, runtime=Runtime())
     assert adversarial > 0 and mse > 0
     assert all(p.grad is None for p in discriminator.parameters())
     assert all(p.requires_grad for p in discriminator.parameters())

@@ -1,0 +1,105 @@
+"""The training step written the plain way, as in the popular PyTorch GLCIC reimplementation.
+
+Every step decodes, resizes and crops JPEG files in DataLoader workers, builds its hole
+masks in a Python loop, trains fp32 NCHW networks wrapped in DataParallel with PyTorch's
+default settings, and reads the loss back to print it. The losses and networks are the
+project's own, so the fast path can be checked against this one on the same batch.
+"""
+import random
+import time
+from typing import Iterator
+
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig
+from ganmodels.masks import patch_origins
+from ganmodels.networks import build_networks
+from ganmodels.runtime import Runtime
+from ganmodels.training import train_step
+
+PLAIN_RUNTIME_SETTINGS = dict(precision="fp32", channels_last=False, compile=False, fused_optimizer=False)
+
+
+class JpegFolder(Dataset):
+    """Image files decoded at every access: resize the short side, random crop, to a float tensor."""
+
+    def __init__(self, paths: list[str], size: int):
+        self.paths = paths
+        self.transform = transforms.Compose([transforms.Resize(size), transforms.RandomCrop(size),
+                                             transforms.ToTensor()])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        with Image.open(self.paths[index]) as image:
+            return self.transform(image.convert("RGB"))
+
+
+def reference_holes(batch_size: int, config: MaskConfig, rng: random.Random) -> list[tuple[int, int, int, int]]:
+    """(top, left, height, width) of one hole per image, drawn one by one with Python's random."""
+    holes = []
+    for _ in range(batch_size):
+        height = rng.randint(config.min_pixels, config.max_pixels)
+        width = rng.randint(config.min_pixels, config.max_pixels)
+        top = rng.randint(config.area_start, config.area_start + config.area_size - height)
+        left = rng.randint(config.area_start, config.area_start + config.area_size - width)
+        holes.append((top, left, height, width))
+    return holes
+
+
+def reference_mask(holes: list[tuple[int, int, int, int]], image_size: int) -> torch.Tensor:
+    mask = torch.zeros(len(holes), 1, image_size, image_size)
+    for i, (top, left, height, width) in enumerate(holes):
+        mask[i, 0, top:top + height, left:left + width] = 1.0
+    return mask
+
+
+def _epochs(loader: DataLoader) -> Iterator[torch.Tensor]:
+    while True:
+        yield from loader
+
+
+def plain_phase(config: PhaseConfig, model_config: ModelConfig, mask_config: MaskConfig, paths: list[str],
+                mean_pixel: torch.Tensor, start: dict | None, device: str, workers: int,
+                warmup_steps: int) -> dict:
+    """Train `config.steps` plain steps; returns images/s and the share of time spent waiting for data.
+
+    The first `warmup_steps` are not timed.
+    """
+    runtime = Runtime(device=device, **PLAIN_RUNTIME_SETTINGS)
+    torch.manual_seed(config.seed)
+    completion, discriminator = (net.to(device).train() for net in build_networks(model_config))
+    optimizers = (torch.optim.Adam(completion.parameters(), lr=config.lr_completion),
+                  torch.optim.Adam(discriminator.parameters(), lr=config.lr_discriminator, betas=(0.5, 0.999)))
+    if start is not None:
+        completion.load_state_dict(start["completion"])
+        discriminator.load_state_dict(start["discriminator"])
+    discriminator.requires_grad_(config.phase != 1)
+    if config.phase == 2:
+        completion.eval()
+    if device.startswith("cuda"):
+        completion, discriminator = nn.DataParallel(completion), nn.DataParallel(discriminator)
+    loader = DataLoader(JpegFolder(paths, model_config.image_size), batch_size=config.batch_size, shuffle=True,
+                        drop_last=True, num_workers=workers, pin_memory=device.startswith("cuda"))
+    batches, rng = _epochs(loader), random.Random(config.seed)
+    mean_pixel = mean_pixel.to(device)
+    waited, started = 0.0, time.perf_counter()
+    for step in range(config.steps):
+        if step == warmup_steps:
+            waited, started = 0.0, time.perf_counter()
+        fetch_start = time.perf_counter()
+        real = next(batches).to(device)
+        waited += time.perf_counter() - fetch_start
+        holes = reference_holes(config.batch_size, mask_config, rng)
+        mask = reference_mask(holes, model_config.image_size).to(device)
+        origins = patch_origins(torch.tensor(holes, device=device), model_config.image_size, model_config.local_size)
+        losses = train_step(config.phase, completion, discriminator, optimizers, real, mask, origins, mean_pixel,
+                            config.alpha, runtime)
+        losses.tolist()  # the reimplementation prints every step's loss
+    elapsed = time.perf_counter() - started
+    return {"images_per_s": (config.steps - warmup_steps) * config.batch_size / elapsed, "data_wait": waited / elapsed}

@@ -15,6 +15,7 @@ from torch import nn
 
 from .config import MaskConfig, ModelConfig, PhaseConfig
 from .data import ImageBank
+from .distributed import World
 from .losses import discriminator_loss, generator_adversarial_loss, hole_mse
 from .masks import holes_to_mask, patch_origins, sample_holes
 from .networks import build_networks, complete
@@ -27,16 +28,24 @@ def _optimizers(completion, discriminator, config: PhaseConfig):
             torch.optim.Adam(discriminator.parameters(), lr=config.lr_discriminator, betas=(0.5, 0.999)))
 
 
-def _rng_state(generator: torch.Generator) -> dict:
+def _rng_state(generator: torch.Generator, world: World) -> dict:
     state = {"torch": torch.get_rng_state(), "sampler": generator.get_state()}
+    if world.size > 1:
+        state["rank_samplers"] = world.gather(generator.get_state())
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _restore_rng(state: dict, generator: torch.Generator) -> None:
+def _restore_rng(state: dict, generator: torch.Generator, world: World, fresh_seed: int) -> None:
     torch.set_rng_state(state["torch"])
-    generator.set_state(state["sampler"])
+    samplers = state.get("rank_samplers", [state["sampler"]])
+    if len(samplers) == world.size:
+        generator.set_state(samplers[world.rank])
+    else:
+        log.warning("the checkpoint was written by %d processes and this run has %d: every process's "
+                    "sampling stream is reseeded", len(samplers), world.size)
+        generator.manual_seed(fresh_seed)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -77,12 +86,14 @@ def train_phase(config: PhaseConfig, model_config: ModelConfig, mask_config: Mas
                 images: ImageBank, mean_pixel: torch.Tensor, start: dict | None,
                 device: torch.device | str,
                 on_checkpoint: Callable[[dict], None] = lambda state: None,
-                on_log: Callable[[dict], None] = lambda row: None) -> dict:
+                on_log: Callable[[dict], None] = lambda row: None, world: World = World()) -> dict:
     """Train one phase and return its final state.
 
     `start` is either None (fresh networks, phase 1 only), the previous phase's final
     state, or a checkpoint of this same phase to resume from. `on_checkpoint` must
     persist the state it is given before returning: its tensors are the live ones.
+    Under torchrun every rank calls this with its `world`: each trains on its share of
+    every batch, and all ranks call the callbacks with the same values.
     """
     device = torch.device(device)
     if start is None and config.phase != 1:
@@ -90,7 +101,7 @@ def train_phase(config: PhaseConfig, model_config: ModelConfig, mask_config: Mas
     torch.manual_seed(config.seed + config.phase)  # fresh weights are seeded; loaded ones overwrite them
     completion, discriminator = (net.to(device).train() for net in build_networks(model_config))
     opt_completion, opt_discriminator = _optimizers(completion, discriminator, config)
-    sampler = torch.Generator(device=device).manual_seed(config.seed + config.phase)
+    sampler = torch.Generator(device=device).manual_seed(world.seed(config.seed + config.phase))
     mean_pixel = mean_pixel.to(device)
 
     history, first_step = [], 0
@@ -104,7 +115,7 @@ def train_phase(config: PhaseConfig, model_config: ModelConfig, mask_config: Mas
             opt_discriminator.load_state_dict(start["opt_discriminator"])
         history = [row for row in start.get("history", []) if row["phase"] <= config.phase]
         if start["phase"] == config.phase:
-            _restore_rng(start["rng"], sampler)
+            _restore_rng(start["rng"], sampler, world, world.seed(config.seed + config.phase, start["step"]))
             first_step = start["step"]
             log.info("phase %d: resuming from step %d of %d", config.phase, first_step, config.steps)
 
@@ -113,7 +124,7 @@ def train_phase(config: PhaseConfig, model_config: ModelConfig, mask_config: Mas
             "phase": config.phase, "step": step,
             "completion": completion.state_dict(), "discriminator": discriminator.state_dict(),
             "opt_completion": opt_completion.state_dict(), "opt_discriminator": opt_discriminator.state_dict(),
-            "rng": _rng_state(sampler), "history": history,
+            "rng": _rng_state(sampler, world), "history": history,
             "model_config": model_config.to_dict(), "mask_config": mask_config.to_dict(),
             "phase_config": config.to_dict(),
         }
@@ -124,18 +135,23 @@ def train_phase(config: PhaseConfig, model_config: ModelConfig, mask_config: Mas
     discriminator.requires_grad_(config.phase != 1)
     if config.phase == 2:
         completion.eval()  # frozen: not even its batch-norm statistics move
+    # Only the networks a phase trains go under DDP. Phase 3's completion step calls the plain
+    # discriminator, so DDP never waits for gradients that the frozen discriminator does not get.
+    trained_completion = world.wrap(completion) if config.phase != 2 else completion
+    trained_discriminator = world.wrap(discriminator) if config.phase != 1 else discriminator
+    batch_size = world.local_batch(config.batch_size)
     totals = torch.zeros(3, device=device)  # running sums of (mse, d loss, g adversarial) between log lines
     window_start, window_steps = time.perf_counter(), 0
     for step in range(first_step, config.steps):
-        real = images.sample(config.batch_size, sampler)
-        holes = sample_holes(config.batch_size, mask_config, sampler)
+        real = images.sample(batch_size, sampler)
+        holes = sample_holes(batch_size, mask_config, sampler)
         mask = holes_to_mask(holes, model_config.image_size)
         origins = patch_origins(holes, model_config.image_size, model_config.local_size)
 
         with torch.set_grad_enabled(config.phase != 2):
-            completed = complete(completion, real, mask, mean_pixel)
+            completed = complete(trained_completion, real, mask, mean_pixel)
         if config.phase in (2, 3):
-            totals[1] += discriminator_step(discriminator, opt_discriminator, real, completed, origins)
+            totals[1] += discriminator_step(trained_discriminator, opt_discriminator, real, completed, origins)
         if config.phase in (1, 3):
             adversary = discriminator if config.phase == 3 else None
             losses = completion_step(opt_completion, completed, real, mask, origins, adversary, config.alpha)
@@ -145,7 +161,7 @@ def train_phase(config: PhaseConfig, model_config: ModelConfig, mask_config: Mas
         window_steps += 1
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
-            means = (totals / window_steps).tolist()  # the one host synchronisation, every log_every steps
+            means = world.mean(totals / window_steps).tolist()  # the one host synchronisation, every log_every steps
             elapsed = time.perf_counter() - window_start
             row = {"phase": config.phase, "step": done, "steps": config.steps,
                    "mse": means[0] if config.phase != 2 else None,

@@ -1,14 +1,13 @@
 """Training runs in child processes: one process, or data-parallel under torchrun.
 
 The luigi worker never initialises CUDA and holds no training state. A training task
-describes its run as a `TrainingJob` and `run_training` starts
-`python -m pipeline.distributed train JOB` for one process, or torchrun for N processes
-on each of M machines. Rank 0 writes checkpoints and the final state straight into the
+describes its run as a `TrainingJob` and `run_training` starts this module's `train`
+command for one process, or torchrun for N processes on each of M machines. Rank 0 writes checkpoints and the final state straight into the
 task's directory through `storage`, and reports log rows, written files and errors as
 JSON lines on its standard output, which the task turns into luigi progress.
 
-The other machines of a multi-machine job run `python -m pipeline.distributed join`
-(see the README); they receive the job from rank 0 over torch.distributed.
+The other machines of a multi-machine job run `gan-pipeline-distributed join` (see the
+README); they receive the job from rank 0 over torch.distributed.
 
 Every process of the tree asks the kernel for SIGKILL when its parent dies
 (PR_SET_PDEATHSIG, Linux), so killing the luigi worker, even with kill -9, stops the
@@ -37,7 +36,11 @@ from . import storage
 
 log = logging.getLogger("luigi-interface")
 
-MODULE = "pipeline.distributed"  # this file, also when it runs as __main__
+MODULE = "pipeline.distributed"
+COMMAND = "gan-pipeline-distributed"  # this module's main() as installed by setup.py
+# How children start main(): not `python -m`, which would import this module a second
+# time, as __main__, after the package's own import of it.
+ENTRY = [sys.executable, "-c", f"from {MODULE} import main; main()"]
 EVENT_PREFIX = "@pipeline-event "
 PARENT_PID_VARIABLE = "PIPELINE_TRAINING_PARENT_PID"
 CHECKPOINT_PATTERN = re.compile(r"checkpoints/step-(\d+)\.pt$")
@@ -140,17 +143,17 @@ def run_training(job: TrainingJob, processes: int, nodes: int, device: str,
 
 
 def _command(job_path: str, processes: int, nodes: int, device: str) -> list[str]:
-    train = ["-m", MODULE, "train", "--device", device, job_path]
+    train = ["train", "--device", device, job_path]
     if processes == 1 and nodes == 1:
-        return [sys.executable, *train]
+        return [*ENTRY, *train]
     launch = [f"--nproc-per-node={processes}", f"--nnodes={nodes}", "--max-restarts=0"]
     if nodes > 1:  # a static rendezvous hosted here, so this machine holds rank 0
         address, port = distributed().master_addr or socket.getfqdn(), distributed().master_port
         launch += ["--node-rank=0", f"--master-addr={address}", f"--master-port={port}"]
         log.info("training waits for %d more machine(s); on each, with the same luigi.cfg, run: "
-                 "python -m %s join --nnodes %d --node-rank K --nproc-per-node %d --master-addr %s "
-                 "--master-port %d   (K = 1 .. %d)", nodes - 1, MODULE, nodes, processes, address, port, nodes - 1)
-    return [sys.executable, "-m", MODULE, "torchrun", *launch, "--module", *train[1:]]
+                 "%s join --nnodes %d --node-rank K --nproc-per-node %d --master-addr %s --master-port %d "
+                 "(K = 1 .. %d)", nodes - 1, COMMAND, nodes, processes, address, port, nodes - 1)
+    return [*ENTRY, "torchrun", *launch, "--no-python", *ENTRY, *train]
 
 
 def _stop(process: subprocess.Popen, grace_s: float = 10.0) -> None:
@@ -236,8 +239,8 @@ def _join(options: argparse.Namespace) -> None:
         arguments = [f"--nproc-per-node={options.nproc_per_node}", f"--nnodes={options.nnodes}",
                      f"--node-rank={options.node_rank}", f"--master-addr={options.master_addr}",
                      f"--master-port={options.master_port}", "--max-restarts=0",
-                     "--module", MODULE, "train", "--device", options.device]
-        code = subprocess.call([sys.executable, "-m", MODULE, "torchrun", *arguments],
+                     "--no-python", *ENTRY, "train", "--device", options.device]
+        code = subprocess.call([*ENTRY, "torchrun", *arguments],
                                env=dict(os.environ, **{PARENT_PID_VARIABLE: str(os.getpid())}))
         if options.once:
             sys.exit(code)
@@ -252,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["torchrun"]:  # torchrun's own arguments follow
         _torchrun(argv[1:])
         return
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="one training process (started by a task, alone or by torchrun)")
     train.add_argument("job", nargs="?", help="the job file; only rank 0 reads it, the others receive it")
@@ -278,6 +281,3 @@ def main(argv: list[str] | None = None) -> None:
             _emit("error", rank=int(os.environ.get("RANK", "0")), message=f"{type(error).__name__}: {error}")
             raise
 
-
-if __name__ == "__main__":
-    main()

@@ -71,12 +71,14 @@ def join(*parts: str) -> str:
     return posixpath.join(*parts) if is_remote(parts[0]) else os.path.join(*parts)
 
 
-_clients: dict[tuple[int, int], S3Client] = {}
+_clients: dict[tuple, S3Client] = {}
 
 
 def _s3() -> S3Client:
-    # boto3 resources must not be shared between processes or threads.
-    key = (os.getpid(), threading.get_ident())
+    """A client for the `[s3]` settings in force; boto3 resources must not be shared between processes or threads."""
+    config = luigi.configuration.get_config()
+    options = tuple(sorted(config.items("s3"))) if config.has_section("s3") else ()
+    key = (os.getpid(), threading.get_ident(), options)
     if key not in _clients:
         _clients[key] = S3Client()
     return _clients[key]

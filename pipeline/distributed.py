@@ -36,11 +36,14 @@ from . import storage
 
 log = logging.getLogger("luigi-interface")
 
-MODULE = "pipeline.distributed"
 COMMAND = "gan-pipeline-distributed"  # this module's main() as installed by setup.py
-# How children start main(): not `python -m`, which would import this module a second
-# time, as __main__, after the package's own import of it.
-ENTRY = [sys.executable, "-c", f"from {MODULE} import main; main()"]
+# How children start main(): with `pipeline` bound to a bare package over this folder, so
+# that they import only what training needs and not every task module (torchvision,
+# torchmetrics: seconds per process); and not with `python -m`, which would import this
+# module a second time, as __main__, after the package's own import of it.
+_BOOTSTRAP = ("import sys, types; package = types.ModuleType('pipeline'); package.__path__ = [{folder!r}]; "
+              "sys.modules['pipeline'] = package; from pipeline.distributed import main; main()")
+ENTRY = [sys.executable, "-c", _BOOTSTRAP.format(folder=os.path.dirname(os.path.abspath(__file__)))]
 EVENT_PREFIX = "@pipeline-event "
 PARENT_PID_VARIABLE = "PIPELINE_TRAINING_PARENT_PID"
 CHECKPOINT_PATTERN = re.compile(r"checkpoints/step-(\d+)\.pt$")

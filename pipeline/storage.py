@@ -20,6 +20,7 @@ from typing import IO, Iterator
 import luigi
 import luigi.format
 from luigi.contrib.s3 import S3Client, S3Target
+from luigi.task_register import Register
 
 S3_SCHEME = "s3://"
 MANIFEST = "manifest.json"  # lists the size and sha256 of every file of a task directory
@@ -65,6 +66,7 @@ def use_settings(values: dict[str, str]) -> None:
         config.add_section("artifacts")
     for key, value in values.items():
         config.set("artifacts", key, value)
+    Register.clear_instance_cache()  # luigi.Config objects read the config once
 
 
 def join(*parts: str) -> str:

@@ -11,8 +11,11 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 
 import boto3
+import luigi
+from luigi.task_register import Register
 
 from tests.conftest import REPO_ROOT, subprocess_env, write_config
 
@@ -229,3 +232,24 @@ def run_luigi(config_path, *args, env=None, timeout=300) -> subprocess.Completed
 def s3_key(root: str, *parts: str) -> str:
     """The bucket key of a path under an s3:// root."""
     return "/".join([root.removeprefix(f"s3://{BUCKET}/"), *parts])
+
+
+@contextmanager
+def config_values(values: dict[tuple[str, str], str]):
+    """Set luigi config options in this process for the duration of a block."""
+    config = luigi.configuration.get_config()
+    saved = {key: config.get(*key, fallback=None) for key in values}
+    for (section, option), value in values.items():
+        if not config.has_section(section):
+            config.add_section(section)
+        config.set(section, option, value)
+    Register.clear_instance_cache()  # luigi.Config objects read the config once
+    try:
+        yield
+    finally:
+        for (section, option), value in saved.items():
+            if value is None:
+                config.remove_option(section, option)
+            else:
+                config.set(section, option, value)
+        Register.clear_instance_cache()

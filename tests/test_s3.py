@@ -7,13 +7,12 @@ import time
 
 import luigi
 import pytest
-from luigi.task_register import Register
 
 from pipeline import storage
 from pipeline.base import ArtifactTask
 from tests.conftest import cli_args, make_images
-from tests.services import (BUCKET, CREDENTIALS, TEST_ENV, MotoServer, Relay, end_group, run_luigi, s3_config, s3_key, s3_keys,
-                            start_luigi)
+from tests.services import (BUCKET, CREDENTIALS, TEST_ENV, MotoServer, Relay, config_values, end_group, run_luigi,
+                            s3_config, s3_key, s3_keys, start_luigi)
 
 
 @pytest.fixture(scope="module")
@@ -29,23 +28,10 @@ def s3_root(moto, tmp_path, monkeypatch):
     """`[artifacts] root` on a fresh prefix of the moto bucket, for in-process use."""
     for name, value in CREDENTIALS.items():
         monkeypatch.setenv(name, value)
-    config = luigi.configuration.get_config()
     root = f"s3://{BUCKET}/{tmp_path.name}"
-    values = {("artifacts", "root"): root, ("artifacts", "cache_dir"): str(tmp_path / "cache"),
-              ("s3", "endpoint_url"): moto.url}
-    saved = {key: config.get(*key, fallback=None) for key in values}
-    for (section, option), value in values.items():
-        if not config.has_section(section):
-            config.add_section(section)
-        config.set(section, option, value)
-    Register.clear_instance_cache()
-    yield root
-    for (section, option), value in saved.items():
-        if value is None:
-            config.remove_option(section, option)
-        else:
-            config.set(section, option, value)
-    Register.clear_instance_cache()
+    with config_values({("artifacts", "root"): root, ("artifacts", "cache_dir"): str(tmp_path / "cache"),
+                        ("s3", "endpoint_url"): moto.url}):
+        yield root
 
 
 class WriteBlob(ArtifactTask):

@@ -1,10 +1,11 @@
 """Training runs in child processes: one process, or data-parallel under torchrun.
 
 The luigi worker never initialises CUDA and holds no training state. A training task
-describes its run as a `TrainingJob` and `run_training` starts this module's `train`
-command for one process, or torchrun for N processes on each of M machines. Rank 0 writes checkpoints and the final state straight into the
-task's directory through `storage`, and reports log rows, written files and errors as
-JSON lines on its standard output, which the task turns into luigi progress.
+describes its run as a `TrainingJob`, and `run_training` starts this module's `train`
+command for one process, or torchrun for N processes on each of M machines. Rank 0
+writes checkpoints and the final state straight into the task's directory through
+`storage`, and reports log rows, written files and errors as JSON lines on its standard
+output, which the task turns into luigi progress.
 
 The other machines of a multi-machine job run `gan-pipeline-distributed join` (see the
 README); they receive the job from rank 0 over torch.distributed.
@@ -77,7 +78,7 @@ class TrainingJob:
     start: str | None  # state to start from: this phase's checkpoint or the previous phase's result
     keep_checkpoints: int
     final_state: str
-    storage: dict = dataclasses.field(default_factory=storage.settings)
+    root: str = dataclasses.field(default_factory=storage.root)  # the artifact root, wherever it was set
 
 
 def checkpoint_name(step: int) -> str:
@@ -115,11 +116,8 @@ def run_training(job: TrainingJob, processes: int, nodes: int, device: str,
         job_path = os.path.join(folder, "job.json")
         with open(job_path, "w") as file:
             json.dump(dataclasses.asdict(job), file)
-        command = _command(job_path, processes, nodes, device)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **{PARENT_PID_VARIABLE: str(os.getpid())})
-        # The children import this very package, wherever it was imported from here.
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_PARENT, os.environ.get("PYTHONPATH")]))
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+        process = subprocess.Popen(_command(job_path, processes, nodes, device), stdout=subprocess.PIPE, text=True,
+                                   env=_child_environment())
         errors, result = [], None
         try:
             for line in process.stdout:
@@ -143,6 +141,12 @@ def run_training(job: TrainingJob, processes: int, nodes: int, device: str,
                                           else f"exit code {returncode}")
         raise TrainingFailed(f"training of {job.task} failed: {cause}")
     return result
+
+
+def _child_environment() -> dict[str, str]:
+    """This environment for a child of this process, which imports the packages this one did."""
+    path = os.pathsep.join(filter(None, [_PACKAGE_PARENT, os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1", **{PARENT_PID_VARIABLE: str(os.getpid())})
 
 
 def _command(job_path: str, processes: int, nodes: int, device: str) -> list[str]:
@@ -199,9 +203,12 @@ def _train(job_path: str | None, device: str) -> None:
     world = join_world(device)
     if world.is_main and job_path is None:
         raise ValueError("rank 0 needs the job file: it runs on the machine of the luigi task")
-    payload = open(job_path, "rb").read() if world.is_main else None
+    payload = None
+    if world.is_main:
+        with open(job_path, "rb") as file:
+            payload = file.read()
     job = TrainingJob(**json.loads(world.broadcast_bytes(payload)))
-    storage.use_settings(job.storage)
+    storage.use_root(job.root)
 
     def on_checkpoint(state: dict) -> None:
         if not world.is_main:
@@ -243,8 +250,7 @@ def _join(options: argparse.Namespace) -> None:
                      f"--node-rank={options.node_rank}", f"--master-addr={options.master_addr}",
                      f"--master-port={options.master_port}", "--max-restarts=0",
                      "--no-python", *ENTRY, "train", "--device", options.device]
-        code = subprocess.call([*ENTRY, "torchrun", *arguments],
-                               env=dict(os.environ, **{PARENT_PID_VARIABLE: str(os.getpid())}))
+        code = subprocess.call([*ENTRY, "torchrun", *arguments], env=_child_environment())
         if options.once:
             sys.exit(code)
         log.info("training job ended with exit code %d; waiting for the next one", code)

@@ -54,18 +54,12 @@ def cache_dir() -> str:
     return os.path.abspath(os.path.expanduser(artifacts().cache_dir))
 
 
-def settings() -> dict[str, str]:
-    """The resolved `[artifacts]` settings, for processes that must see the same artifacts."""
-    return {"root": root(), "cache_dir": cache_dir()}
-
-
-def use_settings(values: dict[str, str]) -> None:
-    """Adopt settings from `settings()` of another process (a training child of a luigi worker)."""
+def use_root(path: str) -> None:
+    """Adopt the artifact root of another process (a training child of a luigi worker)."""
     config = luigi.configuration.get_config()
     if not config.has_section("artifacts"):
         config.add_section("artifacts")
-    for key, value in values.items():
-        config.set("artifacts", key, value)
+    config.set("artifacts", "root", path)
     Register.clear_instance_cache()  # luigi.Config objects read the config once
 
 

@@ -68,6 +68,7 @@ def test_two_workers_on_one_scheduler_run_the_chain_on_s3_each_task_once(moto, t
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_killed_worker_resumes_each_phase_from_its_checkpoint(where, moto, tmp_path):
+    every, poll_s = 10, 0.1 if where == "local" else 0.25  # a gentle poll leaves moto's CPU to the training
     if where == "s3":
         config, root = s3_config(tmp_path, moto.url)
         checkpoints = lambda family: s3_keys(moto.client(), root, rf"^{family}-\w+/checkpoints/")
@@ -78,8 +79,8 @@ def test_a_killed_worker_resumes_each_phase_from_its_checkpoint(where, moto, tmp
         manifest = lambda family: list((tmp_path / "artifacts").glob(f"{family}-*/{MANIFEST}"))
     source = make_images(str(tmp_path / "source"), 40)
     args = ["TrainJoint", *cli_args(dataset="folder", source=source, image_size=32, width=0.125, batch_size=4,
-                                    phase1_steps=100, phase2_steps=2, phase3_steps=100, checkpoint_every=5,
-                                    log_every=5, decode_workers=1)]
+                                    phase1_steps=100, phase2_steps=2, phase3_steps=100, checkpoint_every=every,
+                                    log_every=every, decode_workers=1)]
 
     def run_until_checkpoint(family: str, log_name: str) -> str:
         """Start the command, SIGKILL the luigi worker alone once `family` has a checkpoint; its log."""
@@ -88,7 +89,7 @@ def test_a_killed_worker_resumes_each_phase_from_its_checkpoint(where, moto, tmp
             deadline = time.time() + 240
             while time.time() < deadline and not checkpoints(family):
                 assert process.poll() is None, (tmp_path / log_name).read_text()[-3000:]
-                time.sleep(0.05)
+                time.sleep(poll_s)
             assert checkpoints(family), f"no checkpoint of {family} appeared"
             training = kill_hard(process)
             deadline = time.time() + 10
@@ -109,5 +110,5 @@ def test_a_killed_worker_resumes_each_phase_from_its_checkpoint(where, moto, tmp
         resumed = re.search(rf"{family}: resuming from checkpoint \S+ \(step (\d+)\)", log)
         assert resumed, f"{family} did not resume:\n{log[-3000:]}"
         step = int(resumed.group(1))
-        assert step >= 5 and f"{family} phase {3 if family == 'TrainJoint' else 1} step {step - 5}/100" not in log
+        assert step >= every and f"{family} phase {3 if family == 'TrainJoint' else 1} step {step - every}/100" not in log
     assert manifest("TrainJoint") and manifest("PretrainCompletion")

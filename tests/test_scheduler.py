@@ -41,8 +41,9 @@ def test_two_workers_on_one_scheduler_run_the_chain_on_s3_each_task_once(moto, t
             end_group(worker)
         scheduler.stop()
     logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
-    # 10 is [retcode] already_running: some of the worker's tasks were run by the other one.
-    assert set(codes) <= {0, 10}, "\n".join(log[-3000:] for log in logs)
+    # 10 ([retcode] already_running) and 25 (not_run) say that the scheduler gave some of the
+    # worker's tasks to the other one; a failure would be 30.
+    assert set(codes) <= {0, 10, 25}, "\n".join(log[-3000:] for log in logs)
 
     ran = Counter(match for log in logs for match in re.findall(r"\) running +(\w+\(.*\))$", log, re.MULTILINE))
     assert len(ran) == CHAIN_TASKS and set(ran.values()) == {1}, ran  # every task ran, and ran once

@@ -43,7 +43,8 @@ class PretrainCompletion(ArtifactTask):
     processes = luigi.IntParameter(default=1, significant=False,
                                    description="Training processes on this machine (DDP through torchrun; one per GPU)")
     nodes = luigi.IntParameter(default=1, significant=False,
-                               description="Machines in each training job; the others run `python -m pipeline.distributed join`")
+                               description="Machines in each training job; the others run "
+                                           "`gan-pipeline-distributed join`")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -103,7 +104,8 @@ class PretrainCompletion(ArtifactTask):
                           model=self.model_config.to_dict(), mask=self.mask_config.to_dict(),
                           train_shards=shards.split_paths("train"), mean_pixel=shards.mean_pixel(),
                           start=self.start_path(), keep_checkpoints=self.keep_checkpoints, final_state=FINAL_STATE)
-        result = run_training(job, self.processes, self.nodes, self.device, on_log=self.log_row, on_file=self.adopt_file)
+        result = run_training(job, self.processes, self.nodes, self.device,
+                              on_log=self.log_row, on_file=self.adopt_file)
         with self.open_write("history.csv") as file:
             pd.DataFrame(result["history"]).to_csv(file, index=False)
         last = result["history"][-1] if result["history"] else {}

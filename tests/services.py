@@ -135,8 +135,8 @@ class Luigid:
         self.port = free_port()
         self._log = open(tmp_path / "luigid.log", "w")
         self.process = subprocess.Popen(
-            [os.path.join(os.path.dirname(sys.executable), "luigid"), "--address", "127.0.0.1", "--port", str(self.port),
-             "--state-path", str(tmp_path / "luigid-state.pickle")],
+            [os.path.join(os.path.dirname(sys.executable), "luigid"), "--address", "127.0.0.1",
+             "--port", str(self.port), "--state-path", str(tmp_path / "luigid-state.pickle")],
             env=subprocess_env(config_path), cwd=tmp_path, stdout=self._log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, self.process)
 
@@ -208,7 +208,8 @@ def s3_config(tmp_path, endpoint_url: str, **sections) -> tuple[str, str]:
     root = f"s3://{BUCKET}/{tmp_path.name}"
     path = write_config(tmp_path, s3={"endpoint_url": endpoint_url, "region_name": "us-east-1"}, **sections)
     with open(path) as file:
-        text = file.read().replace(f"root = {tmp_path / 'artifacts'}", f"root = {root}\ncache_dir = {tmp_path / 'cache'}")
+        text = file.read().replace(f"root = {tmp_path / 'artifacts'}",
+                                   f"root = {root}\ncache_dir = {tmp_path / 'cache'}")
     with open(path, "w") as file:
         file.write(text)
     return path, root

@@ -2,7 +2,6 @@
 and training tasks with several processes, through torchrun, on one and on two "machines"."""
 import os
 import subprocess
-import sys
 
 import luigi
 import numpy as np
@@ -11,13 +10,12 @@ import torch
 import torch.multiprocessing
 
 import pipeline
-from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig
-from ganmodels.data import ImageBank, to_float
-from ganmodels.distributed import World, join_world, leave_world
+from ganmodels.data import to_float
+from ganmodels.distributed import World, join_world
 from ganmodels.masks import holes_to_mask, sample_holes
 from ganmodels.metrics import inpainting_metrics
-from ganmodels.networks import build_networks, complete
-from ganmodels.training import load_completion, train_phase
+from ganmodels.networks import complete
+from ganmodels.training import load_completion
 from pipeline import storage
 from pipeline.distributed import ENTRY, TrainingFailed, load_state
 from tests.conftest import REPO_ROOT
@@ -46,9 +44,10 @@ def test_an_explicit_gpu_cannot_be_shared_by_several_processes(monkeypatch):
 
 
 def test_ddp_ranks_train_on_different_images_and_stay_identical():
-    results = torch.multiprocessing.Manager().dict()
-    torch.multiprocessing.spawn(train_two_ranks, args=(free_port(), results), nprocs=2)
-    first, second = results[0], results[1]
+    with torch.multiprocessing.Manager() as manager:
+        results = manager.dict()
+        torch.multiprocessing.spawn(train_two_ranks, args=(free_port(), results), nprocs=2)
+        first, second = results[0], results[1]
     assert not torch.equal(first["batch"], second["batch"])  # each rank draws its own images
     for name, value in first["parameters"].items():  # gradients were averaged, so every update was the same
         assert torch.equal(value, second["parameters"][name]), name
@@ -90,7 +89,8 @@ def test_two_processes_train_through_torchrun_and_the_checkpoint_evaluates(two_g
     images = to_float(np.concatenate(shards.split_arrays("val")), "cpu")
     mask = holes_to_mask(sample_holes(len(images), task.mask_config, torch.Generator().manual_seed(0)), 32)
     with torch.no_grad():
-        metrics = inpainting_metrics(complete(completion, images, mask, torch.tensor(shards.mean_pixel())), images, mask)
+        completed = complete(completion, images, mask, torch.tensor(shards.mean_pixel()))
+    metrics = inpainting_metrics(completed, images, mask)
     assert all(torch.isfinite(value).all() for value in metrics.values())
 
 
@@ -114,7 +114,8 @@ def test_a_second_machine_joins_the_training_job(artifact_root, image_folder, no
 def test_a_failed_training_names_the_task_and_the_cause(artifact_root, image_folder):
     task = pipeline.PretrainCompletion(source=image_folder, device="bogus", **TINY_PHASE1)
     assert luigi.build([task.requires()["shards"]], local_scheduler=True, log_level="WARNING")
-    with pytest.raises(TrainingFailed, match=r"training of PretrainCompletion_\w+ failed: rank 0: RuntimeError: .*bogus"):
+    cause = r"training of PretrainCompletion_\w+ failed: rank 0: RuntimeError: .*bogus"
+    with pytest.raises(TrainingFailed, match=cause):
         task.run()
     assert not task.complete()
 

@@ -111,5 +111,6 @@ def test_a_killed_worker_resumes_each_phase_from_its_checkpoint(where, moto, tmp
         resumed = re.search(rf"{family}: resuming from checkpoint \S+ \(step (\d+)\)", log)
         assert resumed, f"{family} did not resume:\n{log[-3000:]}"
         step = int(resumed.group(1))
-        assert step >= every and f"{family} phase {3 if family == 'TrainJoint' else 1} step {step - every}/100" not in log
+        phase = 3 if family == "TrainJoint" else 1
+        assert step >= every and f"{family} phase {phase} step {step - every}/100" not in log  # nothing trained twice
     assert manifest("TrainJoint") and manifest("PretrainCompletion")

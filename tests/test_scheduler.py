@@ -6,12 +6,15 @@ import re
 import time
 from collections import Counter
 
+import luigi
 import pytest
 
+import pipeline
+from pipeline import storage
 from pipeline.base import MANIFEST
 from tests.conftest import TINY, cli_args, make_images, write_config
-from tests.services import (BUCKET, CREDENTIALS, TEST_ENV, Luigid, MotoServer, alive, end_group, kill_hard, run_luigi,
-                            s3_config, s3_key, s3_keys, start_luigi)
+from tests.services import (BUCKET, CREDENTIALS, TEST_ENV, Luigid, MotoServer, alive, config_values, end_group,
+                            kill_hard, run_luigi, s3_config, s3_key, s3_keys, start_luigi)
 
 CHAIN_TASKS = 10  # PrepareImages, BuildShards, three phases, three grids, evaluation, TrainInpainter
 
@@ -114,3 +117,13 @@ def test_a_killed_worker_resumes_each_phase_from_its_checkpoint(where, moto, tmp
         phase = 3 if family == "TrainJoint" else 1
         assert step >= every and f"{family} phase {phase} step {step - every}/100" not in log  # nothing trained twice
     assert manifest("TrainJoint") and manifest("PretrainCompletion")
+
+
+def test_one_gpu_of_resources_lets_one_training_run_at_a_time(artifact_root, image_folder):
+    tiny = {key: value for key, value in TINY.items() if key not in ("phase2_steps", "phase3_steps", "grid_images")}
+    tasks = [pipeline.PretrainCompletion(**{**tiny, "source": image_folder, "seed": seed}) for seed in (0, 1)]
+    with config_values({("resources", "gpu"): "1"}):
+        assert luigi.build(tasks, workers=2, local_scheduler=True, log_level="WARNING")
+    first, second = sorted((manifest["started"], manifest["finished"])
+                           for manifest in (storage.read_json(task.path(MANIFEST)) for task in tasks))
+    assert first[1] <= second[0]  # two workers were free, but the second training waited for the first

@@ -24,6 +24,7 @@ setup(
         "gdown>=5.0",
         "kaggle>=1.6",
     ],
+    entry_points={"console_scripts": ["gan-pipeline-distributed = pipeline.distributed:main"]},
     extras_require={
         "test": ["pytest>=8.0", "moto[server]>=5.0"],
     },

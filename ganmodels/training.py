@@ -16,6 +16,7 @@ from torch import nn
 
 from .config import MaskConfig, ModelConfig, PhaseConfig
 from .data import TrainingImages, augment
+from .distributed import World
 from .losses import discriminator_loss, generator_adversarial_loss, hole_mse
 from .masks import holes_to_mask, patch_origins, sample_holes
 from .networks import build_networks, complete
@@ -42,16 +43,24 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
                 moments[key] = torch.empty_like(parameter).copy_(value)
 
 
-def _rng_state(generator: torch.Generator) -> dict:
+def _rng_state(generator: torch.Generator, world: World) -> dict:
     state = {"torch": torch.get_rng_state(), "sampler": generator.get_state()}
+    if world.size > 1:
+        state["rank_samplers"] = world.gather(generator.get_state())
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _restore_rng(state: dict, generator: torch.Generator) -> None:
+def _restore_rng(state: dict, generator: torch.Generator, world: World, fresh_seed: int) -> None:
     torch.set_rng_state(state["torch"])
-    generator.set_state(state["sampler"])
+    samplers = state.get("rank_samplers", [state["sampler"]])
+    if len(samplers) == world.size:
+        generator.set_state(samplers[world.rank])
+    else:
+        log.warning("the checkpoint was written by %d processes and this run has %d: every process's "
+                    "sampling stream is reseeded", len(samplers), world.size)
+        generator.manual_seed(fresh_seed)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -93,12 +102,13 @@ def completion_step(optimizer: torch.optim.Optimizer, completed: torch.Tensor, r
 def train_step(phase: int, completion: nn.Module, discriminator: nn.Module,
                optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer], real: torch.Tensor,
                mask: torch.Tensor, origins: torch.Tensor, mean_pixel: torch.Tensor, alpha: float,
-               runtime: Runtime) -> torch.Tensor:
+               runtime: Runtime, adversary: nn.Module | None = None) -> torch.Tensor:
     """One update of a phase on one batch; returns the detached (mse, discriminator, adversarial) losses.
 
     Phase 1 updates the completion network, phase 2 the discriminator, phase 3 the
     discriminator and then the completion network against it. A loss a phase does not
-    compute is 0.
+    compute is 0. `adversary` is the discriminator the completion step is judged by
+    (default: `discriminator`); under DDP it is the plain module, outside the wrapper.
     """
     opt_completion, opt_discriminator = optimizers
     with runtime.autocast(), torch.set_grad_enabled(phase != 2):
@@ -108,15 +118,15 @@ def train_step(phase: int, completion: nn.Module, discriminator: nn.Module,
     if phase in (2, 3):
         loss_d = discriminator_step(discriminator, opt_discriminator, real, completed, origins, runtime)
     if phase in (1, 3):
-        adversary = discriminator if phase == 3 else None
-        mse, adversarial = completion_step(opt_completion, completed, real, mask, origins, adversary, alpha, runtime)
+        judge = (adversary or discriminator) if phase == 3 else None
+        mse, adversarial = completion_step(opt_completion, completed, real, mask, origins, judge, alpha, runtime)
     return torch.stack([mse, loss_d, adversarial])
 
 
 def train_phase(config: PhaseConfig, model_config: ModelConfig, mask_config: MaskConfig,
                 images: TrainingImages, mean_pixel: torch.Tensor, start: dict | None, runtime: Runtime,
                 on_checkpoint: Callable[[dict], None] = lambda state: None,
-                on_log: Callable[[dict], None] = lambda row: None) -> dict:
+                on_log: Callable[[dict], None] = lambda row: None, world: World = World()) -> dict:
     """Train one phase and return its final state.
 
     `start` is either None (fresh networks, phase 1 only), the previous phase's final
@@ -124,21 +134,24 @@ def train_phase(config: PhaseConfig, model_config: ModelConfig, mask_config: Mas
     persist the state it is given before returning: its tensors are the live ones.
     The device reads back results only every `log_every` steps; each log row also
     says which share of the time the loop spent waiting for its next batch.
+    Under torchrun every rank calls this with its `world`: each trains on its share of
+    every batch, and all ranks call the callbacks with the same values.
     """
     if start is None and config.phase != 1:
         raise ValueError(f"phase {config.phase} needs the state of phase {config.phase - 1} to start from")
     if min(images.image_shape[1:]) < model_config.image_size:
         raise ValueError(f"training images of {images.image_shape} are smaller than image_size {model_config.image_size}")
     with runtime.active():
-        return _train_phase(config, model_config, mask_config, images, mean_pixel, start, runtime, on_checkpoint, on_log)
+        return _train_phase(config, model_config, mask_config, images, mean_pixel, start, runtime, on_checkpoint,
+                            on_log, world)
 
 
-def _train_phase(config, model_config, mask_config, images, mean_pixel, start, runtime, on_checkpoint, on_log):
+def _train_phase(config, model_config, mask_config, images, mean_pixel, start, runtime, on_checkpoint, on_log, world):
     device = runtime.torch_device
     torch.manual_seed(config.seed + config.phase)  # fresh weights are seeded; loaded ones overwrite them
     completion, discriminator = (runtime.place(net).train() for net in build_networks(model_config))
     opt_completion, opt_discriminator = _optimizers(completion, discriminator, config, runtime)
-    sampler = torch.Generator(device=device).manual_seed(config.seed + config.phase)
+    sampler = torch.Generator(device=device).manual_seed(world.seed(config.seed + config.phase))
     mean_pixel = mean_pixel.to(device)
 
     history, first_step = [], 0
@@ -152,7 +165,7 @@ def _train_phase(config, model_config, mask_config, images, mean_pixel, start, r
             _load_optimizer(opt_discriminator, start["opt_discriminator"])
         history = [row for row in start.get("history", []) if row["phase"] <= config.phase]
         if start["phase"] == config.phase:
-            _restore_rng(start["rng"], sampler)
+            _restore_rng(start["rng"], sampler, world, world.seed(config.seed + config.phase, start["step"]))
             first_step = start["step"]
             log.info("phase %d: resuming from step %d of %d", config.phase, first_step, config.steps)
 
@@ -161,7 +174,7 @@ def _train_phase(config, model_config, mask_config, images, mean_pixel, start, r
             "phase": config.phase, "step": step,
             "completion": completion.state_dict(), "discriminator": discriminator.state_dict(),
             "opt_completion": opt_completion.state_dict(), "opt_discriminator": opt_discriminator.state_dict(),
-            "rng": _rng_state(sampler), "history": history,
+            "rng": _rng_state(sampler, world), "history": history,
             "model_config": model_config.to_dict(), "mask_config": mask_config.to_dict(),
             "mean_pixel": mean_pixel.tolist(),  # the hole fill the network was trained with, needed to use it
             "phase_config": config.to_dict(),
@@ -174,24 +187,30 @@ def _train_phase(config, model_config, mask_config, images, mean_pixel, start, r
     if config.phase == 2:
         completion.eval()  # frozen: not even its batch-norm statistics move
     completion, discriminator = runtime.finish(completion), runtime.finish(discriminator)
+    # Only the networks a phase trains go under DDP. Phase 3's completion step calls the plain
+    # discriminator, so DDP never waits for gradients that the frozen discriminator does not get.
+    trained_completion = world.wrap(completion) if config.phase != 2 else completion
+    trained_discriminator = world.wrap(discriminator) if config.phase != 1 else discriminator
     size, optimizers = model_config.image_size, (opt_completion, opt_discriminator)
+    batch_size = world.local_batch(config.batch_size)
     totals = torch.zeros(3, device=device)  # running sums of (mse, d loss, g adversarial) between log lines
     window_start, window_steps, waited = time.perf_counter(), 0, 0.0
-    with contextlib.closing(images.batches(config.batch_size, (config.seed, config.phase), first_step)) as batches:
+    stream_seed = (config.seed, config.phase, world.rank)  # each rank draws its own share of every batch
+    with contextlib.closing(images.batches(batch_size, stream_seed, first_step)) as batches:
         for step in range(first_step, config.steps):
             stored, seconds_waited = next(batches)
             waited += seconds_waited
             real = augment(stored, size, sampler, runtime.memory_format)
-            holes = sample_holes(config.batch_size, mask_config, sampler)
+            holes = sample_holes(batch_size, mask_config, sampler)
             mask = holes_to_mask(holes, size).contiguous(memory_format=runtime.memory_format)
             origins = patch_origins(holes, size, model_config.local_size)
-            totals += train_step(config.phase, completion, discriminator, optimizers, real, mask, origins,
-                                 mean_pixel, config.alpha, runtime)
+            totals += train_step(config.phase, trained_completion, trained_discriminator, optimizers, real, mask,
+                                 origins, mean_pixel, config.alpha, runtime, adversary=discriminator)
 
             window_steps += 1
             done = step + 1
             if done % config.log_every == 0 or done == config.steps:
-                means = (totals / window_steps).tolist()  # the one host synchronisation, every log_every steps
+                means = world.mean(totals / window_steps).tolist()  # the one host synchronisation, every log_every steps
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 row = {"phase": config.phase, "step": done, "steps": config.steps,
                        "mse": means[0] if config.phase != 2 else None,

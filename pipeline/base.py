@@ -20,7 +20,7 @@ from . import storage
 
 log = logging.getLogger("luigi-interface")
 
-MANIFEST = "manifest.json"
+MANIFEST = storage.MANIFEST
 _RECORDED_PACKAGES = ("torch", "torchvision", "luigi", "numpy", "pillow", "pandas", "torchmetrics", "boto3")
 
 
@@ -81,6 +81,10 @@ class ArtifactTask(luigi.Task):
 
     def write_json(self, name: str, value) -> None:
         self._written[name] = storage.write_json(self.path(name), value)
+
+    def adopt_file(self, name: str, size: int, sha256: str) -> None:
+        """Record a file another process wrote into this directory, so the manifest need not read it back."""
+        self._written[name] = (size, sha256)
 
     def report_progress(self, fraction: float, message: str) -> None:
         self.set_progress_percentage(round(100 * fraction, 1))

@@ -198,10 +198,14 @@ class BuildShards(ArtifactTask):
         counts = pd.Series([row[0] for row in index_rows]).value_counts().to_dict()
         return {"mean_pixel": mean_pixel, "split_counts": {s: counts.get(s, 0) for s in SPLITS}}
 
+    def split_paths(self, split: str) -> list[str]:
+        """The shard files of one split, in shard order."""
+        index = _read_csv(self.path("index.csv"))
+        return [self.path(name) for name in sorted(index.loc[index["split"] == split, "shard"].unique())]
+
     def split_arrays(self, split: str) -> list[np.ndarray]:
         """The memory-mapped shards of one split, in shard order."""
-        index = _read_csv(self.path("index.csv"))
-        return [load_array(self.path(name)) for name in sorted(index.loc[index["split"] == split, "shard"].unique())]
+        return [load_array(path) for path in self.split_paths(split)]
 
     def mean_pixel(self) -> list[float]:
         return storage.read_json(self.path("mean_pixel.json"))["mean_pixel"]

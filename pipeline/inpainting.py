@@ -1,7 +1,4 @@
 """Tasks that train, render and evaluate the GLCIC inpainter, and the end task TrainInpainter."""
-import io
-import re
-
 import cv2
 import luigi
 import luigi.util
@@ -11,29 +8,19 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from ganmodels.config import ARCHITECTURES, MaskConfig, ModelConfig, PhaseConfig
-from ganmodels.data import ImageBank, to_float, training_images
+from ganmodels.data import to_float
 from ganmodels.masks import holes_to_mask, sample_holes
 from ganmodels.metrics import inpainting_metrics
 from ganmodels.networks import complete, fill_holes
 from ganmodels.runtime import DATA_PLACEMENTS, Runtime
-from ganmodels.training import load_completion, train_phase
+from ganmodels.training import load_completion
 
 from . import storage
 from .base import ArtifactTask, log
 from .data import BuildShards
+from .distributed import TrainingJob, list_checkpoints, load_state, run_training
 
-CHECKPOINT_PATTERN = re.compile(r"checkpoints/step-(\d+)\.pt$")
 FINAL_STATE = "model.pt"
-
-
-def save_state(task: ArtifactTask, name: str, state: dict) -> None:
-    with task.open_write(name) as file:
-        torch.save(state, file)
-
-
-def load_state(path: str, device: torch.device | str = "cpu") -> dict:
-    with storage.open_read(path) as file:
-        return torch.load(io.BytesIO(file.read()), map_location=device, weights_only=True)
 
 
 @luigi.util.inherits(BuildShards)
@@ -65,6 +52,11 @@ class PretrainCompletion(ArtifactTask):
                                            description="Hold the train split on the device (yes), stream it "
                                                        "from the memory-mapped shards (no), or yes if it fits (auto)")
     data_workers = luigi.IntParameter(default=4, significant=False, description="DataLoader workers when streaming")
+    processes = luigi.IntParameter(default=1, significant=False,
+                                   description="Training processes on this machine (DDP through torchrun; one per GPU)")
+    nodes = luigi.IntParameter(default=1, significant=False,
+                               description="Machines in each training job; the others run "
+                                           "`gan-pipeline-distributed join`")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -77,9 +69,22 @@ class PretrainCompletion(ArtifactTask):
             log_every=self.log_every, seed=self.seed, **self.phase_settings())
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
-        compile_networks = {"yes": True, "no": False}.get(self.compile, "auto")
-        self.runtime = Runtime.resolve(device=self.device, precision=self.precision, compile=compile_networks,
-                                       data_on_device=self.data_on_device, data_workers=self.data_workers)
+        self.runtime = Runtime.resolve(device=self.device, **self.runtime_settings())
+        if self.processes < 1 or self.nodes < 1:
+            raise ValueError(f"processes and nodes must be >= 1, got {self.processes} and {self.nodes}")
+        if self.batch_size % (self.processes * self.nodes):
+            raise ValueError(f"batch_size {self.batch_size} does not split evenly over "
+                             f"{self.processes * self.nodes} training processes")
+
+    @property
+    def resources(self):
+        """One unit of `[resources] gpu` per process on this machine, so the scheduler never overbooks GPUs."""
+        return {"gpu": self.processes}
+
+    def runtime_settings(self) -> dict:
+        """How to train, resolved against the device inside each training process."""
+        return {"precision": self.precision, "compile": {"yes": True, "no": False}.get(self.compile, "auto"),
+                "data_on_device": self.data_on_device, "data_workers": self.data_workers}
 
     def phase_settings(self) -> dict:
         """The PhaseConfig fields that differ between phases."""
@@ -93,23 +98,16 @@ class PretrainCompletion(ArtifactTask):
                 "phase": self.phase_config.to_dict(), "runtime": self.runtime.to_dict()}
 
     def checkpoints(self) -> list[tuple[int, str]]:
-        found = [(int(m.group(1)), name) for name in storage.list_files(self.directory)
-                 if (m := CHECKPOINT_PATTERN.match(name))]
-        return sorted(found)
+        return list_checkpoints(self.directory)
 
-    def start_state(self, device: torch.device) -> dict | None:
+    def start_path(self) -> str | None:
         """This phase's latest checkpoint if an earlier attempt left one, else the previous phase's result."""
         if checkpoints := self.checkpoints():
             step, name = checkpoints[-1]
             log.info("%s: resuming from checkpoint %s (step %d)", self.get_task_family(), name, step)
-            return load_state(self.path(name), device)
+            return self.path(name)
         previous = self.requires().get("previous")
-        return load_state(previous.path(FINAL_STATE), device) if previous else None
-
-    def save_checkpoint(self, state: dict) -> None:
-        save_state(self, f"checkpoints/step-{state['step']:07d}.pt", state)
-        for _, name in self.checkpoints()[:-self.keep_checkpoints]:
-            storage.remove(self.path(name))
+        return previous.path(FINAL_STATE) if previous else None
 
     def log_row(self, row: dict) -> None:
         losses = ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k in ("mse", "loss_d", "loss_adv") and v is not None)
@@ -119,17 +117,20 @@ class PretrainCompletion(ArtifactTask):
         self.report_progress(row["step"] / row["steps"], message)
 
     def build(self):
-        device = self.runtime.torch_device
+        # The training runs in child processes, so this luigi worker never initialises CUDA.
         shards = self.requires()["shards"]
-        images = training_images(shards.split_arrays("train"), self.runtime)
-        state = train_phase(self.phase_config, self.model_config, self.mask_config, images,
-                            torch.tensor(shards.mean_pixel()), self.start_state(device), self.runtime,
-                            on_checkpoint=self.save_checkpoint, on_log=self.log_row)
-        save_state(self, FINAL_STATE, state)
+        job = TrainingJob(task=self.task_id, directory=self.directory, phase=self.phase_config.to_dict(),
+                          model=self.model_config.to_dict(), mask=self.mask_config.to_dict(),
+                          train_shards=shards.split_paths("train"), mean_pixel=shards.mean_pixel(),
+                          start=self.start_path(), keep_checkpoints=self.keep_checkpoints, final_state=FINAL_STATE,
+                          runtime=self.runtime_settings())
+        result = run_training(job, self.processes, self.nodes, self.device,
+                              on_log=self.log_row, on_file=self.adopt_file)
         with self.open_write("history.csv") as file:
-            pd.DataFrame(state["history"]).to_csv(file, index=False)
-        last = state["history"][-1] if state["history"] else {}
-        return {"steps": state["step"], "device": str(device), "data_on_device": isinstance(images, ImageBank),
+            pd.DataFrame(result["history"]).to_csv(file, index=False)
+        last = result["history"][-1] if result["history"] else {}
+        return {"steps": result["step"], "device": result["device"], "world_size": result["world_size"],
+                "data_on_device": result["data_on_device"],
                 "last_log": last}
 
 

@@ -1,0 +1,296 @@
+"""Training runs in child processes: one process, or data-parallel under torchrun.
+
+The luigi worker never initialises CUDA and holds no training state. A training task
+describes its run as a `TrainingJob`, and `run_training` starts this module's `train`
+command for one process, or torchrun for N processes on each of M machines. Rank 0
+writes checkpoints and the final state straight into the task's directory through
+`storage`, and reports log rows, written files and errors as JSON lines on its standard
+output, which the task turns into luigi progress.
+
+The other machines of a multi-machine job run `gan-pipeline-distributed join` (see the
+README); they receive the job from rank 0 over torch.distributed.
+
+Every process of the tree asks the kernel for SIGKILL when its parent dies
+(PR_SET_PDEATHSIG, Linux), so killing the luigi worker, even with kill -9, stops the
+training instead of leaving it running unattended.
+"""
+import argparse
+import ctypes
+import dataclasses
+import io
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable
+
+import luigi
+import torch
+
+from . import storage
+
+log = logging.getLogger("luigi-interface")
+
+COMMAND = "gan-pipeline-distributed"  # this module's main() as installed by setup.py
+# How children start main(): with `pipeline` bound to a bare package over this folder, so
+# that they import only what training needs and not every task module (torchvision,
+# torchmetrics: seconds per process); and not with `python -m`, which would import this
+# module a second time, as __main__, after the package's own import of it.
+_BOOTSTRAP = ("import sys, types; package = types.ModuleType('pipeline'); package.__path__ = [{folder!r}]; "
+              "sys.modules['pipeline'] = package; from pipeline.distributed import main; main()")
+ENTRY = [sys.executable, "-c", _BOOTSTRAP.format(folder=os.path.dirname(os.path.abspath(__file__)))]
+EVENT_PREFIX = "@pipeline-event "
+PARENT_PID_VARIABLE = "PIPELINE_TRAINING_PARENT_PID"
+CHECKPOINT_PATTERN = re.compile(r"checkpoints/step-(\d+)\.pt$")
+_PR_SET_PDEATHSIG = 1
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class distributed(luigi.Config):
+    """`[distributed]` section: where the other machines of a multi-machine training job meet this one."""
+
+    master_addr = luigi.Parameter(default="", description="Address of this machine as the others reach it; "
+                                                          "empty: its fully qualified host name")
+    master_port = luigi.IntParameter(default=29500, description="Port on this machine for torch.distributed")
+
+
+class TrainingFailed(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingJob:
+    """Everything a training process needs, as JSON: configs, storage paths, where to write."""
+
+    task: str  # the task id, for messages
+    directory: str  # the task's directory; rank 0 writes checkpoints and `final_state` there
+    phase: dict
+    model: dict
+    mask: dict
+    train_shards: list[str]
+    mean_pixel: list[float]
+    start: str | None  # state to start from: this phase's checkpoint or the previous phase's result
+    keep_checkpoints: int
+    final_state: str
+    runtime: dict  # Runtime settings other than the device, which each process resolves for itself
+    root: str = dataclasses.field(default_factory=storage.root)  # the artifact root, wherever it was set
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoints/step-{step:07d}.pt"
+
+
+def list_checkpoints(directory: str) -> list[tuple[int, str]]:
+    """(step, name) of the checkpoints in a task directory, oldest first."""
+    found = [(int(m.group(1)), name) for name in storage.list_files(directory) if (m := CHECKPOINT_PATTERN.match(name))]
+    return sorted(found)
+
+
+def save_state(path: str, state: dict) -> tuple[int, str]:
+    """Write a state dict; returns its (size, sha256)."""
+    with storage.open_write(path) as file:
+        torch.save(state, file)
+    return file.size, file.sha256.hexdigest()
+
+
+def load_state(path: str, device: torch.device | str = "cpu") -> dict:
+    with storage.open_read(path) as file:
+        return torch.load(io.BytesIO(file.read()), map_location=device, weights_only=True)
+
+
+# --- in the luigi worker -------------------------------------------------------------------------
+
+def run_training(job: TrainingJob, processes: int, nodes: int, device: str,
+                 on_log: Callable[[dict], None], on_file: Callable[[str, int, str], None]) -> dict:
+    """Run `job` in child processes, relaying their reports; return rank 0's final report.
+
+    Raises TrainingFailed naming the cause when any process fails; the children are
+    stopped if this function is left early (an exception, KeyboardInterrupt).
+    """
+    with tempfile.TemporaryDirectory(prefix="training-job-") as folder:
+        job_path = os.path.join(folder, "job.json")
+        with open(job_path, "w") as file:
+            json.dump(dataclasses.asdict(job), file)
+        process = subprocess.Popen(_command(job_path, processes, nodes, device), stdout=subprocess.PIPE, text=True,
+                                   env=_child_environment())
+        errors, result = [], None
+        try:
+            for line in process.stdout:
+                if not line.startswith(EVENT_PREFIX):
+                    sys.stdout.write(line)
+                    continue
+                event = json.loads(line[len(EVENT_PREFIX):])
+                if event["event"] == "log":
+                    on_log(event["row"])
+                elif event["event"] == "file":
+                    on_file(event["name"], event["size"], event["sha256"])
+                elif event["event"] == "error":
+                    errors.append(f"rank {event['rank']}: {event['message']}")
+                elif event["event"] == "done":
+                    result = event
+            returncode = process.wait()
+        finally:
+            _stop(process)
+    if returncode != 0 or result is None:
+        cause = errors[0] if errors else (f"killed by signal {signal.Signals(-returncode).name}" if returncode < 0
+                                          else f"exit code {returncode}")
+        raise TrainingFailed(f"training of {job.task} failed: {cause}")
+    return result
+
+
+def _child_environment() -> dict[str, str]:
+    """This environment for a child of this process, which imports the packages this one did."""
+    path = os.pathsep.join(filter(None, [_PACKAGE_PARENT, os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1", **{PARENT_PID_VARIABLE: str(os.getpid())})
+
+
+def _command(job_path: str, processes: int, nodes: int, device: str) -> list[str]:
+    train = ["train", "--device", device, job_path]
+    if processes == 1 and nodes == 1:
+        return [*ENTRY, *train]
+    launch = [f"--nproc-per-node={processes}", f"--nnodes={nodes}", "--max-restarts=0"]
+    if nodes > 1:  # a static rendezvous hosted here, so this machine holds rank 0
+        address, port = distributed().master_addr or socket.getfqdn(), distributed().master_port
+        launch += ["--node-rank=0", f"--master-addr={address}", f"--master-port={port}"]
+        log.info("training waits for %d more machine(s); on each, with the same luigi.cfg, run: "
+                 "%s join --nnodes %d --node-rank K --nproc-per-node %d --master-addr %s --master-port %d "
+                 "(K = 1 .. %d)", nodes - 1, COMMAND, nodes, processes, address, port, nodes - 1)
+    return [*ENTRY, "torchrun", *launch, "--no-python", *ENTRY, *train]
+
+
+def _stop(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """End a child that is still running: SIGTERM (torchrun passes it on to its workers), then SIGKILL."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# --- in the training processes -------------------------------------------------------------------
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when its parent dies; exit now if it already has."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    expected = os.environ.get(PARENT_PID_VARIABLE)
+    if expected and os.getppid() != int(expected):
+        sys.exit("the process that started this one has exited")
+
+
+def _emit(event: str, **fields) -> None:
+    print(EVENT_PREFIX + json.dumps({"event": event, **fields}), flush=True)
+
+
+def _train(job_path: str | None, device: str) -> None:
+    from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig
+    from ganmodels.data import ImageBank, training_images
+    from ganmodels.distributed import join_world, leave_world
+    from ganmodels.runtime import Runtime
+    from ganmodels.training import train_phase
+
+    from .data import load_array
+
+    world = join_world(device)
+    if world.is_main and job_path is None:
+        raise ValueError("rank 0 needs the job file: it runs on the machine of the luigi task")
+    payload = None
+    if world.is_main:
+        with open(job_path, "rb") as file:
+            payload = file.read()
+    job = TrainingJob(**json.loads(world.broadcast_bytes(payload)))
+    storage.use_root(job.root)
+
+    def on_checkpoint(state: dict) -> None:
+        if not world.is_main:
+            return
+        name = checkpoint_name(state["step"])
+        _emit("file", name=name, **dict(zip(("size", "sha256"), save_state(storage.join(job.directory, name), state))))
+        for _, old in list_checkpoints(job.directory)[:-job.keep_checkpoints]:
+            storage.remove(storage.join(job.directory, old))
+
+    def on_log(row: dict) -> None:
+        if world.is_main:
+            _emit("log", row=row)
+
+    runtime = Runtime.resolve(device=str(world.device), **job.runtime)
+    images = training_images([load_array(path) for path in job.train_shards], runtime)
+    start = load_state(job.start, world.device) if job.start else None
+    state = train_phase(PhaseConfig(**job.phase), ModelConfig(**job.model), MaskConfig(**job.mask), images,
+                        torch.tensor(job.mean_pixel), start, runtime, on_checkpoint=on_checkpoint,
+                        on_log=on_log, world=world)
+    if world.is_main:
+        size, sha256 = save_state(storage.join(job.directory, job.final_state), state)
+        _emit("file", name=job.final_state, size=size, sha256=sha256)
+        _emit("done", step=state["step"], history=state["history"], device=str(world.device), world_size=world.size,
+              data_on_device=isinstance(images, ImageBank))
+    leave_world(world)
+
+
+def _torchrun(arguments: list[str]) -> None:
+    from torch.distributed.run import main
+
+    os.environ[PARENT_PID_VARIABLE] = str(os.getpid())  # the workers' parent is this agent
+    main(arguments)
+
+
+def _join(options: argparse.Namespace) -> None:
+    """Serve the training jobs of a luigi worker on another machine, one after another."""
+    if options.node_rank < 1:
+        raise ValueError("--node-rank must be >= 1: node 0 is the machine running the luigi task")
+    while True:
+        arguments = [f"--nproc-per-node={options.nproc_per_node}", f"--nnodes={options.nnodes}",
+                     f"--node-rank={options.node_rank}", f"--master-addr={options.master_addr}",
+                     f"--master-port={options.master_port}", "--max-restarts=0",
+                     "--no-python", *ENTRY, "train", "--device", options.device]
+        code = subprocess.call([*ENTRY, "torchrun", *arguments], env=_child_environment())
+        if options.once:
+            sys.exit(code)
+        log.info("training job ended with exit code %d; waiting for the next one", code)
+        if code != 0:
+            time.sleep(5)  # the launching machine may be between jobs; do not spin
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    _die_with_parent()
+    if argv[:1] == ["torchrun"]:  # torchrun's own arguments follow
+        _torchrun(argv[1:])
+        return
+    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="one training process (started by a task, alone or by torchrun)")
+    train.add_argument("job", nargs="?", help="the job file; only rank 0 reads it, the others receive it")
+    train.add_argument("--device", default="auto")
+    commands.add_parser("torchrun", help="torchrun, given its own arguments, that ends with its parent")
+    join = commands.add_parser("join", help="lend this machine's processes to training jobs started elsewhere")
+    join.add_argument("--nnodes", type=int, required=True)
+    join.add_argument("--node-rank", type=int, required=True)
+    join.add_argument("--nproc-per-node", type=int, default=1)
+    join.add_argument("--master-addr", required=True)
+    join.add_argument("--master-port", type=int, default=29500)
+    join.add_argument("--device", default="auto")
+    join.add_argument("--once", action="store_true", help="serve one job, then exit with its status")
+    options = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(levelname)s: [{options.command} rank {os.environ.get('RANK', '0')}] %(message)s")
+    if options.command == "join":
+        _join(options)
+    else:
+        try:
+            _train(options.job, options.device)
+        except BaseException as error:
+            _emit("error", rank=int(os.environ.get("RANK", "0")), message=f"{type(error).__name__}: {error}")
+            raise
+

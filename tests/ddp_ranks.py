@@ -1,0 +1,32 @@
+"""The body of each rank in test_distributed's DDP test, in a module light enough to start fast."""
+import os
+
+import numpy as np
+import torch
+
+from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig
+from ganmodels.data import ImageBank
+from ganmodels.distributed import join_world, leave_world
+from ganmodels.networks import build_networks
+from ganmodels.training import train_phase
+
+
+def train_two_ranks(rank: int, port: int, results):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    world = join_world("cpu")
+    bank = ImageBank([np.random.default_rng(0).integers(0, 256, (40, 3, 32, 32), dtype=np.uint8)], "cpu")
+    state = None
+    for phase in (1, 2, 3):
+        config = PhaseConfig(phase=phase, steps=3, batch_size=4, checkpoint_every=2, log_every=3, alpha=0.1)
+        state = train_phase(config, ModelConfig(image_size=32, width=0.125), MaskConfig(image_size=32), bank,
+                            torch.tensor([0.5, 0.4, 0.3]), state, "cpu", world=world)
+    completion, discriminator = build_networks(ModelConfig(image_size=32, width=0.125))
+    parameters = {f"{net}.{name}": state[net][name] for net, module in (("completion", completion),
+                                                                         ("discriminator", discriminator))
+                  for name, _ in module.named_parameters()}
+    generator = torch.Generator().manual_seed(world.seed(7))
+    results[rank] = {"parameters": parameters, "history": state["history"], "samplers": state["rng"]["rank_samplers"],
+                     "batch": bank.sample(2, generator)}
+    leave_world(world)

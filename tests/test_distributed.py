@@ -1,0 +1,127 @@
+"""Data-parallel training: the World helpers, DDP on CPU with gloo (ranks stay in step),
+and training tasks with several processes, through torchrun, on one and on two "machines"."""
+import os
+import subprocess
+
+import luigi
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing
+
+import pipeline
+from ganmodels.data import to_float
+from ganmodels.distributed import World, join_world
+from ganmodels.masks import holes_to_mask, sample_holes
+from ganmodels.metrics import inpainting_metrics
+from ganmodels.networks import complete
+from ganmodels.training import load_completion
+from pipeline import storage
+from pipeline.distributed import ENTRY, TrainingFailed, load_state
+from tests.conftest import REPO_ROOT
+from tests.ddp_ranks import train_two_ranks
+from tests.services import config_values, free_port
+
+TINY_PHASE1 = dict(dataset="folder", image_size=32, width=0.125, batch_size=4, shard_size=16, phase1_steps=4,
+                   checkpoint_every=2, log_every=2, decode_workers=1)
+
+
+def test_a_world_of_one_changes_nothing_and_splits_batches_evenly():
+    world, module = World(), torch.nn.Linear(2, 2)
+    assert world.is_main and world.wrap(module) is module and world.local_batch(16) == 16
+    assert World(rank=1, size=4).local_batch(16) == 4 and not World(rank=1, size=4).is_main
+    with pytest.raises(ValueError, match="batch_size 10 does not split evenly over 4 processes"):
+        World(size=4).local_batch(10)
+    seeds = {World(rank=rank, size=2).seed(base, step) for rank in (0, 1) for base in (1, 2) for step in (0, 5)}
+    assert len(seeds) == 8
+    assert World().gather(torch.ones(3))[0].tolist() == [1, 1, 1] and World().broadcast_bytes(b"x") == b"x"
+
+
+def test_an_explicit_gpu_cannot_be_shared_by_several_processes(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="would put 2 processes on one GPU"):
+        join_world("cuda:0")
+
+
+def test_ddp_ranks_train_on_different_images_and_stay_identical():
+    with torch.multiprocessing.Manager() as manager:
+        results = manager.dict()
+        torch.multiprocessing.spawn(train_two_ranks, args=(free_port(), results), nprocs=2)
+        first, second = results[0], results[1]
+    assert not torch.equal(first["batch"], second["batch"])  # each rank draws its own images
+    for name, value in first["parameters"].items():  # gradients were averaged, so every update was the same
+        assert torch.equal(value, second["parameters"][name]), name
+    without_speed = lambda history: [{k: v for k, v in row.items() if k != "images_per_s"} for row in history]
+    assert without_speed(first["history"]) == without_speed(second["history"])  # losses are means over both ranks
+    assert len(first["samplers"]) == 2 and not torch.equal(*first["samplers"])
+
+
+@pytest.fixture
+def two_gpus_of_resources(artifact_root):
+    with config_values({("resources", "gpu"): "2"}):
+        yield artifact_root
+
+
+@pytest.fixture
+def no_cuda_here(monkeypatch):
+    """Any CUDA call in this (the luigi worker's) process fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the luigi worker touched CUDA")
+    for name in ("is_available", "device_count", "init", "_lazy_init", "current_device", "set_device"):
+        monkeypatch.setattr(torch.cuda, name, refuse)
+
+
+def test_two_processes_train_through_torchrun_and_the_checkpoint_evaluates(two_gpus_of_resources, image_folder,
+                                                                            no_cuda_here):
+    task = pipeline.PretrainCompletion(source=image_folder, processes=2, **TINY_PHASE1)
+    assert task.resources == {"gpu": 2}
+    assert task.directory == pipeline.PretrainCompletion(source=image_folder, **TINY_PHASE1).directory
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+
+    manifest = storage.read_json(task.path("manifest.json"))
+    assert manifest["summary"]["world_size"] == 2 and manifest["summary"]["steps"] == 4
+    assert sorted(manifest["files"]) == ["checkpoints/step-0000002.pt", "history.csv", "model.pt"]
+    checkpoint = load_state(task.path("checkpoints/step-0000002.pt"))
+    assert checkpoint["step"] == 2 and len(checkpoint["rng"]["rank_samplers"]) == 2
+
+    completion = load_completion(load_state(task.path("model.pt")))
+    shards = task.requires()["shards"]
+    images = to_float(np.concatenate(shards.split_arrays("val")), "cpu")
+    mask = holes_to_mask(sample_holes(len(images), task.mask_config, torch.Generator().manual_seed(0)), 32)
+    with torch.no_grad():
+        completed = complete(completion, images, mask, torch.tensor(shards.mean_pixel()))
+    metrics = inpainting_metrics(completed, images, mask)
+    assert all(torch.isfinite(value).all() for value in metrics.values())
+
+
+def test_a_second_machine_joins_the_training_job(artifact_root, image_folder, no_cuda_here):
+    port = free_port()
+    joiner = subprocess.Popen([*ENTRY, "join", "--once", "--nnodes=2", "--node-rank=1", "--master-addr=127.0.0.1",
+                               f"--master-port={port}", "--device=cpu"],
+                              cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS="1"))
+    try:
+        with config_values({("distributed", "master_addr"): "127.0.0.1", ("distributed", "master_port"): str(port)}):
+            task = pipeline.PretrainCompletion(source=image_folder, nodes=2, **TINY_PHASE1)
+            assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+        assert joiner.wait(60) == 0
+    finally:
+        if joiner.poll() is None:
+            joiner.kill()
+            joiner.wait()
+    assert storage.read_json(task.path("manifest.json"))["summary"]["world_size"] == 2
+
+
+def test_a_failed_training_names_the_task_and_the_cause(artifact_root, image_folder):
+    task = pipeline.PretrainCompletion(source=image_folder, device="bogus", **TINY_PHASE1)
+    assert luigi.build([task.requires()["shards"]], local_scheduler=True, log_level="WARNING")
+    cause = r"training of PretrainCompletion_\w+ failed: rank 0: RuntimeError: .*bogus"
+    with pytest.raises(TrainingFailed, match=cause):
+        task.run()
+    assert not task.complete()
+
+
+def test_the_training_entry_point_refuses_to_outlive_its_parent():
+    # A child whose recorded parent is not its parent exits at once, without training.
+    result = subprocess.run([*ENTRY, "train", "/nonexistent/job.json"], cwd=REPO_ROOT, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=REPO_ROOT, PIPELINE_TRAINING_PARENT_PID="1"))
+    assert result.returncode == 1 and "the process that started this one has exited" in result.stderr

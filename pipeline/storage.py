@@ -47,6 +47,8 @@ def is_remote(path: str) -> bool:
 def root() -> str:
     configured = artifacts().root
     if is_remote(configured):
+        if not configured[len(S3_SCHEME):].split("/")[0]:
+            raise ValueError(f"[artifacts] root must look like s3://bucket/prefix, got {configured!r}")
         return configured.rstrip("/")
     return os.path.abspath(os.path.expanduser(configured))
 

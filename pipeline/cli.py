@@ -20,13 +20,15 @@ from PIL import Image, ImageOps
 from torchvision.utils import make_grid, save_image
 
 from ganmodels.dcgan_training import generator_from_state
+from ganmodels.distributed import resolve_device
 from ganmodels.inference import generate, latent_walks, paste, predict
 from ganmodels.training import load_completion
 
 from . import report, sources, storage
 from .base import MANIFEST
 from .imagefiles import ACCEPTED_FORMATS, RejectedImage, _to_rgb
-from .inpainting import CHECKPOINT_PATTERN, CLASSICAL_RADIUS, FINAL_STATE, load_state, resolve_device
+from .distributed import CHECKPOINT_PATTERN, load_state
+from .inpainting import CLASSICAL_RADIUS, FINAL_STATE
 
 RUN_NAME = re.compile(r"^(?P<family>[A-Za-z_]\w*)-(?P<hash>[0-9a-f]+)$")
 KEY_PARAMETERS = ("dataset", "image_size", "arch", "width", "phase", "steps",

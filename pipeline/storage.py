@@ -151,6 +151,8 @@ def list_files(directory: str) -> list[str]:
 
 def list_dirs(directory: str) -> list[str]:
     """Names of the directories directly under `directory`, sorted; empty if it does not exist."""
+    if is_remote(directory):  # S3 has no folders: the first part of every key below the prefix
+        return sorted({name.split("/", 1)[0] for name in list_files(directory) if "/" in name})
     if not os.path.isdir(directory):
         return []
     return sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
@@ -158,6 +160,11 @@ def list_dirs(directory: str) -> list[str]:
 
 def last_modified(directory: str) -> datetime.datetime:
     """When anything below `directory` was last written (UTC): its newest file, or itself if empty."""
+    if is_remote(directory):
+        times = [key.last_modified for key in _s3().list(directory, return_key=True)]
+        if not times:
+            raise FileNotFoundError(f"nothing stored under {directory}")
+        return max(times).astimezone(datetime.timezone.utc)
     times = [os.path.getmtime(os.path.join(directory, name)) for name in list_files(directory)]
     newest = max(times, default=os.path.getmtime(directory))
     return datetime.datetime.fromtimestamp(newest, datetime.timezone.utc)

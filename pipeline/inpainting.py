@@ -1,7 +1,4 @@
 """Tasks that train, render and evaluate the GLCIC inpainter, and the end task TrainInpainter."""
-import io
-import re
-
 import luigi
 import luigi.util
 import numpy as np
@@ -18,26 +15,8 @@ from ganmodels.training import load_completion, train_phase
 
 from . import storage
 from .base import ArtifactTask, log
+from .checkpoints import FINAL_STATE, load_state, resolve_device, resume_state, save_state, write_checkpoint
 from .data import BuildShards
-
-CHECKPOINT_PATTERN = re.compile(r"checkpoints/step-(\d+)\.pt$")
-FINAL_STATE = "model.pt"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def save_state(task: ArtifactTask, name: str, state: dict) -> None:
-    with task.open_write(name) as file:
-        torch.save(state, file)
-
-
-def load_state(path: str, device: torch.device | str = "cpu") -> dict:
-    with storage.open_read(path) as file:
-        return torch.load(io.BytesIO(file.read()), map_location=device, weights_only=True)
 
 
 @luigi.util.inherits(BuildShards)
@@ -83,24 +62,15 @@ class PretrainCompletion(ArtifactTask):
         return {"model": self.model_config.to_dict(), "mask": self.mask_config.to_dict(),
                 "phase": self.phase_config.to_dict()}
 
-    def checkpoints(self) -> list[tuple[int, str]]:
-        found = [(int(m.group(1)), name) for name in storage.list_files(self.directory)
-                 if (m := CHECKPOINT_PATTERN.match(name))]
-        return sorted(found)
-
     def start_state(self, device: torch.device) -> dict | None:
         """This phase's latest checkpoint if an earlier attempt left one, else the previous phase's result."""
-        if checkpoints := self.checkpoints():
-            step, name = checkpoints[-1]
-            log.info("%s: resuming from checkpoint %s (step %d)", self.get_task_family(), name, step)
-            return load_state(self.path(name), device)
+        if (state := resume_state(self, device)) is not None:
+            return state
         previous = self.requires().get("previous")
         return load_state(previous.path(FINAL_STATE), device) if previous else None
 
     def save_checkpoint(self, state: dict) -> None:
-        save_state(self, f"checkpoints/step-{state['step']:07d}.pt", state)
-        for _, name in self.checkpoints()[:-self.keep_checkpoints]:
-            storage.remove(self.path(name))
+        write_checkpoint(self, state, self.keep_checkpoints)
 
     def log_row(self, row: dict) -> None:
         losses = ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k in ("mse", "loss_d", "loss_adv") and v is not None)

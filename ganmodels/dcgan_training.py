@@ -43,7 +43,7 @@ def train_dcgan(config: DCGANConfig, sample_real: Callable[[int, torch.Generator
     was), with state["stopped_reason"] saying why.
     """
     device = torch.device(device)
-    memory_format = torch.channels_last if config.channels_last else torch.preserve_format
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     mixed_precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.mixed_precision)
 
     if state is None:

@@ -294,3 +294,11 @@ def test_snapshots_show_the_fixed_latents_and_change_nothing():
     with torch.no_grad():
         expected = generator_from_state(final)(final["fixed_latents"])  # EMA weights, eval mode
     assert torch.equal(snapshots[-1][1], expected)
+
+
+def test_real_batches_in_any_memory_layout_are_accepted():
+    def channels_last_squares(batch_size, rng):  # strided like an (N, H, W, C) array seen as (N, C, H, W)
+        return coloured_squares(batch_size, rng).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+
+    final, _, _ = run(DCGANConfig(**TINY, steps=1), sample_real=channels_last_squares)
+    assert final["step"] == 1

@@ -129,6 +129,8 @@ class DCGANConfig:
     fixed_latent_count: int = 64
     log_every: int = 100
     checkpoint_every: int = 1000
+    # How often train_dcgan's on_snapshot gets the samples of the fixed latents.
+    snapshot_every: int = 500
     # Collapse watch, checked at log steps on loss_d averaged since the previous log. With the
     # default labels a discriminator that separates perfectly still pays about 0.65 nats
     # (label noise), so an average below 0.7 means it has won.
@@ -163,7 +165,7 @@ class DCGANConfig:
                  f"latent_match_steps must be non-negative, got {self.latent_match_steps}")
         _require(self.latent_match_lr > 0, f"latent_match_lr must be positive, got {self.latent_match_lr}")
         _require(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
-        for name in ("fixed_latent_count", "log_every", "checkpoint_every", "collapse_window"):
+        for name in ("fixed_latent_count", "log_every", "checkpoint_every", "snapshot_every", "collapse_window"):
             _require(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("collapse_d_loss_floor", "collapse_diversity_floor"):
             _require(getattr(self, name) >= 0, f"{name} must be non-negative (0 = off), got {getattr(self, name)}")

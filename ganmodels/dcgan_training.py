@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 
 def train_dcgan(config: DCGANConfig, sample_real: Callable[[int, torch.Generator], Tensor],
                 state: dict | None, device: torch.device | str,
-                on_checkpoint: Callable[[dict], None], on_log: Callable[[dict], None]) -> dict:
+                on_checkpoint: Callable[[dict], None], on_log: Callable[[dict], None],
+                on_snapshot: Callable[[int, Tensor], None] | None = None) -> dict:
     """Train until config.steps, starting fresh (state None) or from a checkpoint state.
 
     sample_real(batch_size, generator) must return a float batch in [-1, 1] on `device`;
@@ -33,12 +34,16 @@ def train_dcgan(config: DCGANConfig, sample_real: Callable[[int, torch.Generator
     d_fake (mean discriminator probabilities) averaged over the steps since the previous
     log; grad_norm_g, grad_norm_d and diversity of the logged step; images_per_s.
 
+    on_snapshot, if given, gets (step, images) every config.snapshot_every steps and at the
+    end: the samples of the fixed latents, CPU float in [-1, 1], from the EMA generator if
+    there is one, in eval mode. Taking them changes nothing in the training.
+
     Returns the final state. If the collapse watch stops the run (on_collapse="stop"), it
     returns the last state given to on_checkpoint instead (the starting state if none
     was), with state["stopped_reason"] saying why.
     """
     device = torch.device(device)
-    memory_format = torch.channels_last if config.channels_last else torch.preserve_format
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     mixed_precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.mixed_precision)
 
     if state is None:
@@ -155,6 +160,9 @@ def train_dcgan(config: DCGANConfig, sample_real: Callable[[int, torch.Generator
                     # The weights are already collapsed: keep them out of the checkpoints.
                     return {**last_good_state, "stopped_reason": f"collapse at step {step}: {warning}"}
 
+        if on_snapshot is not None and (step % config.snapshot_every == 0 or step == config.steps):
+            on_snapshot(step, _generate(generator if ema_generator is None else ema_generator, fixed_latents))
+
         if step % config.checkpoint_every == 0:
             last_good_state = snapshot()
             last_checkpoint_step = step
@@ -189,6 +197,16 @@ def generator_from_state(state: dict, use_ema: bool = True) -> Generator:
     use_ema = use_ema and state["ema_generator"] is not None
     generator.load_state_dict(state["ema_generator"] if use_ema else state["generator"])
     return generator.eval()
+
+
+@torch.no_grad()
+def _generate(generator: nn.Module, latents: Tensor) -> Tensor:
+    """Samples on the CPU, with BatchNorm in eval mode so that its statistics stay untouched."""
+    generator.eval()
+    try:
+        return generator(latents.to(next(generator.parameters()).device)).float().cpu()
+    finally:
+        generator.train()
 
 
 def _discriminate(discriminator: nn.Module, real: Tensor, fake: Tensor,

@@ -27,8 +27,8 @@ from ganmodels.training import load_completion
 from . import report, sources, storage
 from .base import MANIFEST
 from .imagefiles import ACCEPTED_FORMATS, RejectedImage, _to_rgb
-from .distributed import CHECKPOINT_PATTERN, load_state
-from .inpainting import CLASSICAL_RADIUS, FINAL_STATE
+from .checkpoints import CHECKPOINT_PATTERN, FINAL_STATE, load_state
+from .inpainting import CLASSICAL_RADIUS
 
 RUN_NAME = re.compile(r"^(?P<family>[A-Za-z_]\w*)-(?P<hash>[0-9a-f]+)$")
 KEY_PARAMETERS = ("dataset", "image_size", "arch", "width", "phase", "steps",

@@ -17,11 +17,9 @@ training instead of leaving it running unattended.
 import argparse
 import ctypes
 import dataclasses
-import io
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -34,6 +32,7 @@ import luigi
 import torch
 
 from . import storage
+from .checkpoints import checkpoint_name, load_state, prune_checkpoints, save_state
 
 log = logging.getLogger("luigi-interface")
 
@@ -47,7 +46,6 @@ _BOOTSTRAP = ("import sys, types; package = types.ModuleType('pipeline'); packag
 ENTRY = [sys.executable, "-c", _BOOTSTRAP.format(folder=os.path.dirname(os.path.abspath(__file__)))]
 EVENT_PREFIX = "@pipeline-event "
 PARENT_PID_VARIABLE = "PIPELINE_TRAINING_PARENT_PID"
-CHECKPOINT_PATTERN = re.compile(r"checkpoints/step-(\d+)\.pt$")
 _PR_SET_PDEATHSIG = 1
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,28 +78,6 @@ class TrainingJob:
     final_state: str
     runtime: dict  # Runtime settings other than the device, which each process resolves for itself
     root: str = dataclasses.field(default_factory=storage.root)  # the artifact root, wherever it was set
-
-
-def checkpoint_name(step: int) -> str:
-    return f"checkpoints/step-{step:07d}.pt"
-
-
-def list_checkpoints(directory: str) -> list[tuple[int, str]]:
-    """(step, name) of the checkpoints in a task directory, oldest first."""
-    found = [(int(m.group(1)), name) for name in storage.list_files(directory) if (m := CHECKPOINT_PATTERN.match(name))]
-    return sorted(found)
-
-
-def save_state(path: str, state: dict) -> tuple[int, str]:
-    """Write a state dict; returns its (size, sha256)."""
-    with storage.open_write(path) as file:
-        torch.save(state, file)
-    return file.size, file.sha256.hexdigest()
-
-
-def load_state(path: str, device: torch.device | str = "cpu") -> dict:
-    with storage.open_read(path) as file:
-        return torch.load(io.BytesIO(file.read()), map_location=device, weights_only=True)
 
 
 # --- in the luigi worker -------------------------------------------------------------------------
@@ -217,8 +193,7 @@ def _train(job_path: str | None, device: str) -> None:
             return
         name = checkpoint_name(state["step"])
         _emit("file", name=name, **dict(zip(("size", "sha256"), save_state(storage.join(job.directory, name), state))))
-        for _, old in list_checkpoints(job.directory)[:-job.keep_checkpoints]:
-            storage.remove(storage.join(job.directory, old))
+        prune_checkpoints(job.directory, job.keep_checkpoints)
 
     def on_log(row: dict) -> None:
         if world.is_main:

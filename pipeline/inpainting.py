@@ -17,10 +17,9 @@ from ganmodels.training import load_completion
 
 from . import storage
 from .base import ArtifactTask, log
+from .checkpoints import FINAL_STATE, latest_checkpoint, load_state
 from .data import BuildShards
-from .distributed import TrainingJob, list_checkpoints, load_state, run_training
-
-FINAL_STATE = "model.pt"
+from .distributed import TrainingJob, run_training
 
 
 @luigi.util.inherits(BuildShards)
@@ -97,15 +96,10 @@ class PretrainCompletion(ArtifactTask):
         return {"model": self.model_config.to_dict(), "mask": self.mask_config.to_dict(),
                 "phase": self.phase_config.to_dict(), "runtime": self.runtime.to_dict()}
 
-    def checkpoints(self) -> list[tuple[int, str]]:
-        return list_checkpoints(self.directory)
-
     def start_path(self) -> str | None:
         """This phase's latest checkpoint if an earlier attempt left one, else the previous phase's result."""
-        if checkpoints := self.checkpoints():
-            step, name = checkpoints[-1]
-            log.info("%s: resuming from checkpoint %s (step %d)", self.get_task_family(), name, step)
-            return self.path(name)
+        if path := latest_checkpoint(self):
+            return path
         previous = self.requires().get("previous")
         return previous.path(FINAL_STATE) if previous else None
 

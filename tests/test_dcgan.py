@@ -280,3 +280,25 @@ def test_generator_from_state_prefers_ema_weights():
     assert_same(final["ema_generator"], ema.state_dict())
     assert_same(final["generator"], raw.state_dict())
     assert ema(final["fixed_latents"]).shape == (4, 3, 32, 32)
+
+
+def test_snapshots_show_the_fixed_latents_and_change_nothing():
+    config = DCGANConfig(**TINY, steps=5, snapshot_every=2, ema_decay=0.9)
+    without_snapshots, _, _ = run(config)
+    snapshots = []
+    final = train_dcgan(config, coloured_squares, None, "cpu", lambda state: None, lambda record: None,
+                        on_snapshot=lambda step, images: snapshots.append((step, images)))
+
+    assert_same(without_snapshots, final)
+    assert [step for step, _ in snapshots] == [2, 4, 5]  # every snapshot_every steps and the last
+    with torch.no_grad():
+        expected = generator_from_state(final)(final["fixed_latents"])  # EMA weights, eval mode
+    assert torch.equal(snapshots[-1][1], expected)
+
+
+def test_real_batches_in_any_memory_layout_are_accepted():
+    def channels_last_squares(batch_size, rng):  # strided like an (N, H, W, C) array seen as (N, C, H, W)
+        return coloured_squares(batch_size, rng).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+
+    final, _, _ = run(DCGANConfig(**TINY, steps=1), sample_real=channels_last_squares)
+    assert final["step"] == 1

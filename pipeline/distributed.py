@@ -209,7 +209,7 @@ def _train(job_path: str | None, device: str) -> None:
         size, sha256 = save_state(storage.join(job.directory, job.final_state), state)
         _emit("file", name=job.final_state, size=size, sha256=sha256)
         _emit("done", step=state["step"], history=state["history"], device=str(world.device), world_size=world.size,
-              data_on_device=isinstance(images, ImageBank))
+              runtime=runtime.to_dict(), data_on_device=isinstance(images, ImageBank))
     leave_world(world)
 
 

@@ -12,7 +12,7 @@ from ganmodels.data import to_float
 from ganmodels.masks import holes_to_mask, sample_holes
 from ganmodels.metrics import inpainting_metrics
 from ganmodels.networks import complete, fill_holes
-from ganmodels.runtime import DATA_PLACEMENTS, Runtime
+from ganmodels.runtime import DATA_PLACEMENTS
 from ganmodels.training import load_completion
 
 from . import storage
@@ -68,7 +68,8 @@ class PretrainCompletion(ArtifactTask):
             log_every=self.log_every, seed=self.seed, **self.phase_settings())
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
-        self.runtime = Runtime.resolve(device=self.device, **self.runtime_settings())
+        if self.data_workers < 0:
+            raise ValueError(f"data_workers must be >= 0, got {self.data_workers}")
         if self.processes < 1 or self.nodes < 1:
             raise ValueError(f"processes and nodes must be >= 1, got {self.processes} and {self.nodes}")
         if self.batch_size % (self.processes * self.nodes):
@@ -81,7 +82,7 @@ class PretrainCompletion(ArtifactTask):
         return {"gpu": self.processes}
 
     def runtime_settings(self) -> dict:
-        """How to train, resolved against the device inside each training process."""
+        """How to train; each training process resolves these for its device (the luigi worker never touches CUDA)."""
         return {"precision": self.precision, "compile": {"yes": True, "no": False}.get(self.compile, "auto"),
                 "data_on_device": self.data_on_device, "data_workers": self.data_workers}
 
@@ -94,7 +95,7 @@ class PretrainCompletion(ArtifactTask):
 
     def resolved_config(self) -> dict:
         return {"model": self.model_config.to_dict(), "mask": self.mask_config.to_dict(),
-                "phase": self.phase_config.to_dict(), "runtime": self.runtime.to_dict()}
+                "phase": self.phase_config.to_dict(), "runtime": {"device": self.device, **self.runtime_settings()}}
 
     def start_path(self) -> str | None:
         """This phase's latest checkpoint if an earlier attempt left one, else the previous phase's result."""
@@ -124,7 +125,7 @@ class PretrainCompletion(ArtifactTask):
             pd.DataFrame(result["history"]).to_csv(file, index=False)
         last = result["history"][-1] if result["history"] else {}
         return {"steps": result["step"], "device": result["device"], "world_size": result["world_size"],
-                "data_on_device": result["data_on_device"],
+                "runtime": result["runtime"], "data_on_device": result["data_on_device"],
                 "last_log": last}
 
 

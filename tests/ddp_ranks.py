@@ -8,6 +8,7 @@ from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig
 from ganmodels.data import ImageBank
 from ganmodels.distributed import join_world, leave_world
 from ganmodels.networks import build_networks
+from ganmodels.runtime import Runtime
 from ganmodels.training import train_phase
 
 
@@ -21,12 +22,12 @@ def train_two_ranks(rank: int, port: int, results):
     for phase in (1, 2, 3):
         config = PhaseConfig(phase=phase, steps=3, batch_size=4, checkpoint_every=2, log_every=3, alpha=0.1)
         state = train_phase(config, ModelConfig(image_size=32, width=0.125), MaskConfig(image_size=32), bank,
-                            torch.tensor([0.5, 0.4, 0.3]), state, "cpu", world=world)
+                            torch.tensor([0.5, 0.4, 0.3]), state, Runtime(device="cpu"), world=world)
     completion, discriminator = build_networks(ModelConfig(image_size=32, width=0.125))
     parameters = {f"{net}.{name}": state[net][name] for net, module in (("completion", completion),
                                                                          ("discriminator", discriminator))
                   for name, _ in module.named_parameters()}
-    generator = torch.Generator().manual_seed(world.seed(7))
+    first_batch, _ = next(bank.batches(2, (0, 3, world.rank)))  # the stream train_phase draws from on this rank
     results[rank] = {"parameters": parameters, "history": state["history"], "samplers": state["rng"]["rank_samplers"],
-                     "batch": bank.sample(2, generator)}
+                     "batch": first_batch}
     leave_world(world)

@@ -3,6 +3,7 @@ import math
 from dataclasses import asdict, dataclass
 
 ARCHITECTURES = ("glcic", "infill")
+COLLAPSE_ACTIONS = ("warn", "stop")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -85,6 +86,11 @@ class PhaseConfig:
     lr_completion: float = 1e-3
     lr_discriminator: float = 1e-4
     alpha: float = 0.0  # weight of the adversarial term; used in phase 3 (paper: 0.0004)
+    # Collapse watch of phase 3: the discriminator's loss (real + fake BCE) below the floor at
+    # `collapse_window` consecutive log lines means it has won; warn, or stop the phase.
+    collapse_window: int = 10
+    collapse_d_loss_floor: float = 0.05
+    on_collapse: str = "warn"
     checkpoint_every: int = 100
     log_every: int = 20
     seed: int = 0
@@ -95,6 +101,9 @@ class PhaseConfig:
         _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _require(self.lr_completion > 0 and self.lr_discriminator > 0, "learning rates must be positive")
         _require(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}")
+        _require(self.collapse_window >= 1, f"collapse_window must be >= 1, got {self.collapse_window}")
+        _require(self.on_collapse in COLLAPSE_ACTIONS,
+                 f"on_collapse must be one of {COLLAPSE_ACTIONS}, got {self.on_collapse!r}")
         _require(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         _require(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
 

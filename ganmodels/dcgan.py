@@ -4,9 +4,10 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from .config import COLLAPSE_ACTIONS, _require
+
 SUPPORTED_IMAGE_SIZES = (32, 64, 128, 256)
 PROJECTIONS = ("linear", "conv")
-COLLAPSE_ACTIONS = ("warn", "stop")
 RGB_CHANNELS = 3
 SMALLEST_FEATURE_MAP = 4
 LEAKY_SLOPE = 0.2
@@ -87,11 +88,6 @@ def init_dcgan_weights(module: nn.Module) -> None:
         elif isinstance(layer, nn.BatchNorm2d):
             nn.init.normal_(layer.weight, 1.0, 0.02)
             nn.init.zeros_(layer.bias)
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 @dataclass(frozen=True)

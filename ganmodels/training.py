@@ -19,10 +19,15 @@ from .data import TrainingImages, augment
 from .distributed import World
 from .losses import discriminator_loss, generator_adversarial_loss, hole_mse
 from .masks import holes_to_mask, patch_origins, sample_holes
+from .monitoring import CollapseWatch
 from .networks import build_networks, complete
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+
+class TrainingCollapsed(RuntimeError):
+    """The collapse watch ended a phase (on_collapse=stop); the last checkpoint holds the last good state."""
 
 
 def _optimizers(completion, discriminator, config: PhaseConfig, runtime: Runtime):
@@ -154,6 +159,8 @@ def _train_phase(config, model_config, mask_config, images, mean_pixel, start, r
     sampler = torch.Generator(device=device).manual_seed(world.seed(config.seed + config.phase))
     mean_pixel = mean_pixel.to(device)
 
+    # Inpainting has no sample diversity to watch: the holes are filled from their context.
+    watch = CollapseWatch(config.collapse_window, config.collapse_d_loss_floor, diversity_floor=0)
     history, first_step = [], 0
     if start is not None:
         completion.load_state_dict(start["completion"])
@@ -167,6 +174,7 @@ def _train_phase(config, model_config, mask_config, images, mean_pixel, start, r
         if start["phase"] == config.phase:
             _restore_rng(start["rng"], sampler, world, world.seed(config.seed + config.phase, start["step"]))
             first_step = start["step"]
+            watch.load_state_dict(start["collapse_watch"])
             log.info("phase %d: resuming from step %d of %d", config.phase, first_step, config.steps)
 
     def state(step: int) -> dict:
@@ -177,7 +185,7 @@ def _train_phase(config, model_config, mask_config, images, mean_pixel, start, r
             "rng": _rng_state(sampler, world), "history": history,
             "model_config": model_config.to_dict(), "mask_config": mask_config.to_dict(),
             "mean_pixel": mean_pixel.tolist(),  # the hole fill the network was trained with, needed to use it
-            "phase_config": config.to_dict(),
+            "phase_config": config.to_dict(), "collapse_watch": watch.state_dict(),
         }
 
     if first_step >= config.steps:
@@ -220,6 +228,12 @@ def _train_phase(config, model_config, mask_config, images, mean_pixel, start, r
                        "data_wait": waited / elapsed}
                 history.append(row)
                 on_log(row)
+                if config.phase == 3 and (warning := watch.update(row["loss_d"], None)):
+                    log.warning("phase 3 step %d: %s", done, warning)
+                    if config.on_collapse == "stop":
+                        raise TrainingCollapsed(f"phase 3 stopped by the collapse watch at step {done}: {warning}. "
+                                                f"The last checkpoint before it is kept; change alpha or the "
+                                                f"learning rates, or set on_collapse=warn")
                 totals.zero_()
                 window_start, window_steps, waited = time.perf_counter(), 0, 0.0
             if done % config.checkpoint_every == 0 and done < config.steps:

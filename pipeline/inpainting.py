@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 from torchvision.utils import make_grid, save_image
 
-from ganmodels.config import ARCHITECTURES, MaskConfig, ModelConfig, PhaseConfig
+from ganmodels.config import ARCHITECTURES, COLLAPSE_ACTIONS, MaskConfig, ModelConfig, PhaseConfig
 from ganmodels.data import to_float
 from ganmodels.masks import holes_to_mask, sample_holes
 from ganmodels.metrics import inpainting_metrics
@@ -149,8 +149,16 @@ class TrainJoint(PretrainDiscriminator):
     phase3_steps = luigi.IntParameter(default=400)
     alpha = luigi.FloatParameter(default=4e-4, description="Weight of the adversarial loss (paper: 0.0004)")
 
+    on_collapse = luigi.ChoiceParameter(default="warn", choices=COLLAPSE_ACTIONS, significant=False,
+                                        description="When the discriminator has won: warn, or stop the phase")
+    collapse_window = luigi.IntParameter(default=10, significant=False,
+                                         description="Consecutive log lines of a winning discriminator that count as collapse")
+    collapse_d_loss_floor = luigi.FloatParameter(default=0.05, significant=False,
+                                                 description="Discriminator loss below which it is winning")
+
     def phase_settings(self) -> dict:
-        return {"steps": self.phase3_steps, "alpha": self.alpha}
+        return {"steps": self.phase3_steps, "alpha": self.alpha, "on_collapse": self.on_collapse,
+                "collapse_window": self.collapse_window, "collapse_d_loss_floor": self.collapse_d_loss_floor}
 
     def requires(self):
         return {"shards": self.clone(BuildShards), "previous": self.clone(PretrainDiscriminator)}

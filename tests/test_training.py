@@ -7,7 +7,7 @@ from ganmodels.data import ImageBank
 from ganmodels.masks import holes_to_mask, patch_origins, sample_holes
 from ganmodels.networks import build_networks, complete
 from ganmodels.runtime import Runtime
-from ganmodels.training import completion_step, train_phase
+from ganmodels.training import TrainingCollapsed, completion_step, train_phase
 
 MEAN = torch.tensor([0.5, 0.4, 0.3])
 
@@ -81,3 +81,22 @@ def test_completion_step_leaves_no_gradient_in_the_discriminator():
 def test_later_phases_need_a_starting_state(bank):
     with pytest.raises(ValueError, match="needs the state of phase 1"):
         _run(2, None, bank)
+
+
+def test_collapse_watch_of_the_joint_phase_warns_or_stops(bank, caplog):
+    phase2 = _run(2, _run(1, None, bank), bank)
+    settings = dict(phase=3, steps=6, batch_size=4, checkpoint_every=2, log_every=1, alpha=0.1,
+                    collapse_window=2, collapse_d_loss_floor=100.0)  # any loss counts as "the discriminator won"
+    checkpoints = []
+    with pytest.raises(TrainingCollapsed, match="step 2: discriminator loss below 100.0 for 2 consecutive"):
+        train_phase(PhaseConfig(**settings, on_collapse="stop"), ModelConfig(image_size=32, width=0.125),
+                    MaskConfig(image_size=32), bank, MEAN, phase2, Runtime(device="cpu"),
+                    on_checkpoint=lambda state: checkpoints.append(state["step"]))
+    assert checkpoints == []  # the weights of the collapse step are never checkpointed
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ganmodels.training"):
+        state = train_phase(PhaseConfig(**settings, on_collapse="warn"), ModelConfig(image_size=32, width=0.125),
+                            MaskConfig(image_size=32), bank, MEAN, phase2, Runtime(device="cpu"))
+    assert state["step"] == 6 and state["collapse_watch"]["low_loss_streak"] == 6
+    warned_at = [r.getMessage().split(":")[0] for r in caplog.records if "discriminator loss below" in r.getMessage()]
+    assert warned_at == [f"phase 3 step {step}" for step in range(2, 7)], warned_at

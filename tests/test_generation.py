@@ -103,7 +103,7 @@ def test_collapse_stop_fails_with_a_clear_message_and_keeps_the_last_good_checkp
 def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     source = make_images(str(tmp_path / "source"), 40)
     config = write_config(tmp_path)
-    steps, every = 1000, 50
+    steps, every = 300, 20
     args = ["TrainDCGAN", *cli_args(source=source, **TINY, steps=steps, checkpoint_every=every, log_every=every,
                                      snapshot_every=every * 5)]
     process = subprocess.Popen(luigi_command(*args), env=subprocess_env(config), stdout=subprocess.DEVNULL,

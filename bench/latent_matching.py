@@ -118,7 +118,7 @@ def main() -> None:
                                  latent_match_steps=match_steps, seed=seed, log_every=max(1, args.steps // 50))
             rows.append(train_and_measure(config, train, held_out, args.samples_dir))
             print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format="%.4f"), flush=True)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows, columns=list(rows[-1]))
     means = table.iloc[1:].groupby("latent_match_steps").mean(numeric_only=True).drop(columns="seed")
     print("\nAll runs:\n" + table.to_string(index=False, float_format="%.4f"))
     print("\nMean over seeds:\n" + means.to_string(float_format="%.4f"))

@@ -9,11 +9,15 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 from torch.nn.functional import binary_cross_entropy_with_logits, l1_loss
+from torch.optim.swa_utils import update_bn
 
 from ganmodels.dcgan import DCGANConfig, Discriminator, Generator
 from ganmodels.monitoring import CollapseWatch, sample_diversity
 
 logger = logging.getLogger(__name__)
+
+STANDING_STATISTICS_LATENTS = 512
+STANDING_STATISTICS_BATCH = 64
 
 
 def train_dcgan(config: DCGANConfig, sample_real: Callable[[int, torch.Generator], Tensor],
@@ -35,8 +39,9 @@ def train_dcgan(config: DCGANConfig, sample_real: Callable[[int, torch.Generator
     log; grad_norm_g, grad_norm_d and diversity of the logged step; images_per_s.
 
     on_snapshot, if given, gets (step, images) every config.snapshot_every steps and at the
-    end: the samples of the fixed latents, CPU float in [-1, 1], from the EMA generator if
-    there is one, in eval mode. Taking them changes nothing in the training.
+    end: the samples of the fixed latents, CPU float in [-1, 1], in eval mode, from the
+    generator or, if there is one, from the EMA generator with standing statistics (as
+    generator_from_state gives it). Taking them changes nothing in the training.
 
     Returns the final state. If the collapse watch stops the run (on_collapse="stop"), it
     returns the last state given to on_checkpoint instead (the starting state if none
@@ -161,7 +166,9 @@ def train_dcgan(config: DCGANConfig, sample_real: Callable[[int, torch.Generator
                     return {**last_good_state, "stopped_reason": f"collapse at step {step}: {warning}"}
 
         if on_snapshot is not None and (step % config.snapshot_every == 0 or step == config.steps):
-            on_snapshot(step, _generate(generator if ema_generator is None else ema_generator, fixed_latents))
+            sampler = generator if ema_generator is None else with_standing_statistics(
+                copy.deepcopy(ema_generator), config.latent_size, config.seed)
+            on_snapshot(step, _generate(sampler, fixed_latents))
 
         if step % config.checkpoint_every == 0:
             last_good_state = snapshot()
@@ -191,12 +198,30 @@ def match_latents(generator: nn.Module, latents: Tensor, targets: Tensor, steps:
 
 
 def generator_from_state(state: dict, use_ema: bool = True) -> Generator:
-    """The trained generator of a checkpoint state, on CPU in eval mode (EMA weights if any)."""
+    """The trained generator of a checkpoint state, on CPU in eval mode.
+
+    With use_ema and EMA weights in the state, those weights with standing statistics.
+    """
     config = DCGANConfig(**state["config"])
     generator = Generator(config.image_size, config.latent_size, config.width, config.projection)
     use_ema = use_ema and state["ema_generator"] is not None
     generator.load_state_dict(state["ema_generator"] if use_ema else state["generator"])
+    if use_ema:
+        with_standing_statistics(generator, config.latent_size, config.seed)
     return generator.eval()
+
+
+def with_standing_statistics(generator: nn.Module, latent_size: int, seed: int) -> nn.Module:
+    """generator with its BatchNorm statistics recomputed as plain means over seeded random latents.
+
+    EMA weights need statistics of their own ("standing statistics", as in BigGAN): the
+    running statistics belong to the training weights, and with them EMA samples come
+    out washed out.
+    """
+    latents = torch.randn(STANDING_STATISTICS_LATENTS, latent_size, generator=torch.Generator().manual_seed(seed))
+    device = next(generator.parameters()).device
+    update_bn(latents.to(device).split(STANDING_STATISTICS_BATCH), generator)
+    return generator
 
 
 @torch.no_grad()
@@ -234,7 +259,8 @@ def _grad_norm(module: nn.Module) -> Tensor:
 def _update_ema(ema_generator: nn.Module, generator: nn.Module, decay: float) -> None:
     for ema_param, param in zip(ema_generator.parameters(), generator.parameters()):
         ema_param.lerp_(param, 1 - decay)
-    # BatchNorm running statistics are averages already; averaging them again only adds lag.
+    # Stand-ins only: these statistics belong to the training weights, so sampling replaces
+    # them with standing statistics (with_standing_statistics); averaging them would not help.
     for ema_buffer, buffer in zip(ema_generator.buffers(), generator.buffers()):
         ema_buffer.copy_(buffer)
 

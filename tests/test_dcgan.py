@@ -277,7 +277,8 @@ def test_generator_from_state_prefers_ema_weights():
     ema = generator_from_state(final)
     raw = generator_from_state(final, use_ema=False)
     assert not ema.training
-    assert_same(final["ema_generator"], ema.state_dict())
+    assert_same({name: final["ema_generator"][name] for name, _ in ema.named_parameters()},
+                dict(ema.named_parameters()))  # the buffers are its standing statistics
     assert_same(final["generator"], raw.state_dict())
     assert ema(final["fixed_latents"]).shape == (4, 3, 32, 32)
 
@@ -302,3 +303,20 @@ def test_real_batches_in_any_memory_layout_are_accepted():
 
     final, _, _ = run(DCGANConfig(**TINY, steps=1), sample_real=channels_last_squares)
     assert final["step"] == 1
+
+
+def test_ema_generator_samples_with_batchnorm_statistics_of_its_own_weights():
+    final, _, _ = run(DCGANConfig(**TINY, steps=2, ema_decay=0.5))
+    # EMA weights far from the training weights, whose running statistics the state carries.
+    ema_weights = {name: value * 3 if name == "net.0.weight" else value
+                   for name, value in final["ema_generator"].items()}
+    state = {**final, "ema_generator": ema_weights}
+    latents = torch.randn(512, 16, generator=torch.Generator().manual_seed(1))
+
+    def eval_vs_batch_statistics(generator):
+        with torch.no_grad():
+            return (generator.eval()(latents) - generator.train()(latents)).abs().mean().item()
+
+    carried = Generator(32, latent_size=16, width=8)
+    carried.load_state_dict(ema_weights)
+    assert eval_vs_batch_statistics(generator_from_state(state)) < 0.2 * eval_vs_batch_statistics(carried)

@@ -1,7 +1,10 @@
 import os
+import pathlib
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import luigi
 import luigi.configuration
@@ -128,3 +131,28 @@ def run_root(request, tmp_path, tiny_run_root):
             relative = os.path.relpath(os.path.join(dirpath, name), tiny_run_root)
             client.upload_file(os.path.join(dirpath, name), "artifacts", f"{prefix}/{relative}")
     return f"s3://artifacts/{prefix}"
+
+
+def kill_after_first_checkpoint(config_path, args, tmp_path, family) -> pathlib.Path:
+    """Start a luigi run, SIGKILL its whole process group once `family` wrote a checkpoint; return the task dir."""
+    process = subprocess.Popen(luigi_command(*args), env=subprocess_env(config_path), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline, checkpoints = time.time() + 240, []
+        while time.time() < deadline and not checkpoints:
+            time.sleep(0.2)
+            checkpoints = list((tmp_path / "artifacts").glob(f"{family}-*/checkpoints/step-*.pt"))
+        assert checkpoints, "no checkpoint appeared"
+        os.killpg(process.pid, signal.SIGKILL)  # a real kill: no cleanup code runs
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    task_dir = checkpoints[0].parent.parent
+    assert not (task_dir / "manifest.json").exists(), "the run ended before it was killed; raise its steps"
+    return task_dir
+
+
+def resumed_steps(log: str) -> list[int]:
+    """The steps that "resuming from checkpoint ... (step N)" lines of a run's log name."""
+    return [int(line.rsplit("step ", 1)[1].rstrip(")")) for line in log.splitlines() if "resuming from checkpoint" in line]

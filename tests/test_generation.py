@@ -2,9 +2,6 @@
 import json
 import logging
 import os
-import signal
-import subprocess
-import time
 
 import luigi
 import pandas as pd
@@ -18,7 +15,7 @@ from ganmodels.dcgan_training import generator_from_state
 from pipeline import storage
 from pipeline.checkpoints import list_checkpoints, load_state
 from pipeline.generation import CollapseStopped
-from tests.conftest import cli_args, luigi_command, make_images, run_luigi, subprocess_env, write_config
+from tests.conftest import cli_args, kill_after_first_checkpoint, make_images, resumed_steps, run_luigi, write_config
 from tests.test_dcgan import ConstantGenerator
 
 DATA = dict(dataset="folder", image_size=32, shard_size=16, decode_workers=1)
@@ -106,28 +103,12 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     steps, every = 300, 20
     args = ["TrainDCGAN", *cli_args(source=source, **TINY, steps=steps, checkpoint_every=every, log_every=every,
                                      snapshot_every=every * 5)]
-    process = subprocess.Popen(luigi_command(*args), env=subprocess_env(config), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        checkpoints = []
-        while time.time() < deadline and not checkpoints:
-            time.sleep(0.2)
-            checkpoints = list((tmp_path / "artifacts").glob("TrainDCGAN-*/checkpoints/step-*.pt"))
-        assert checkpoints, "no checkpoint appeared"
-        os.killpg(process.pid, signal.SIGKILL)  # a real kill: no cleanup code runs
-        process.wait(30)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    task_dir = checkpoints[0].parent.parent
-    assert not (task_dir / "manifest.json").exists(), "the run ended before it was killed; raise steps"
+    task_dir = kill_after_first_checkpoint(config, args, tmp_path, "TrainDCGAN")
 
     result = run_luigi(config, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
-    resumed_at = [int(line.rsplit("step ", 1)[1].rstrip(")")) for line in log.splitlines()
-                  if "resuming from checkpoint" in line]
+    resumed_at = resumed_steps(log)
     assert resumed_at and resumed_at[0] >= every, log[-3000:]
     assert f"step {resumed_at[0]}/{steps}" not in log  # no step up to the checkpoint was trained again
     assert f"step {resumed_at[0] + every}/{steps}" in log

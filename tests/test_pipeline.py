@@ -1,21 +1,17 @@
 """The task chain end to end at tiny size, in-process and through the luigi command."""
 import json
 import os
-import signal
-import subprocess
-import time
 
 import luigi
 import numpy as np
 import pandas as pd
-import pytest
 from luigi.task_register import Register
 from PIL import Image
 
 import pipeline
 from pipeline import storage
 from pipeline.base import ArtifactTask
-from tests.conftest import TINY, cli_args, luigi_command, make_images, run_luigi, subprocess_env, write_config
+from tests.conftest import TINY, cli_args, kill_after_first_checkpoint, make_images, resumed_steps, run_luigi, write_config
 
 
 def _build(**params):
@@ -145,28 +141,12 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     args = ["PretrainCompletion", *cli_args(dataset="folder", source=source, image_size=32, width=0.125,
                                             batch_size=4, phase1_steps=400, checkpoint_every=20, log_every=20,
                                             decode_workers=1)]
-    process = subprocess.Popen(luigi_command(*args), env=subprocess_env(config), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        checkpoints = []
-        while time.time() < deadline and not checkpoints:
-            time.sleep(0.5)
-            checkpoints = [p for p in (tmp_path / "artifacts").glob("PretrainCompletion-*/checkpoints/step-*.pt")]
-        assert checkpoints, "no checkpoint appeared"
-        os.killpg(process.pid, signal.SIGKILL)  # a real kill: no cleanup code runs
-        process.wait(30)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    task_dir = checkpoints[0].parent.parent
-    assert not (task_dir / "manifest.json").exists()
+    task_dir = kill_after_first_checkpoint(config, args, tmp_path, "PretrainCompletion")
 
     result = run_luigi(config, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
-    resumed_at = [int(line.rsplit("step ", 1)[1].rstrip(")")) for line in log.splitlines()
-                  if "resuming from checkpoint" in line]
+    resumed_at = resumed_steps(log)
     assert resumed_at and resumed_at[0] >= 20, log[-3000:]
     assert f"step {resumed_at[0] - 20}/400" not in log  # no step before the checkpoint was trained again
     manifest = json.loads((task_dir / "manifest.json").read_text())

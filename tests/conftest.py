@@ -156,3 +156,26 @@ def kill_after_first_checkpoint(config_path, args, tmp_path, family) -> pathlib.
 def resumed_steps(log: str) -> list[int]:
     """The steps that "resuming from checkpoint ... (step N)" lines of a run's log name."""
     return [int(line.rsplit("step ", 1)[1].rstrip(")")) for line in log.splitlines() if "resuming from checkpoint" in line]
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    """moto's standalone S3 server in its own process, with the bucket the S3 tests write to."""
+    from tests.services import BUCKET, MotoServer
+
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    server.client().create_bucket(Bucket=BUCKET)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server():
+    """A plain HTTP file server on 127.0.0.1 for the download tests."""
+    from tests.test_downloads import FileServer
+
+    file_server = FileServer()
+    file_server.thread.start()
+    yield file_server
+    file_server.httpd.shutdown()
+    file_server.httpd.server_close()

@@ -16,7 +16,7 @@ from PIL import Image
 
 from pipeline import PrepareImages, sources, storage
 from pipeline.ingest import DecodeSettings, ingest_folder
-from tests.test_downloads import FileServer, mat_bytes, md5_of, tar_gz, zip_bytes
+from tests.test_downloads import mat_bytes, md5_of, tar_gz, zip_bytes
 from tests.test_imagefiles import KEPT, REJECTION_REASONS, awkward_files, png_header_only
 
 
@@ -48,15 +48,6 @@ def settings():
         else:
             config.set(section, key, value)
     Register.clear_instance_cache()
-
-
-@pytest.fixture
-def server():
-    file_server = FileServer()
-    file_server.thread.start()
-    yield file_server
-    file_server.httpd.shutdown()
-    file_server.httpd.server_close()
 
 
 def prepare(**params):

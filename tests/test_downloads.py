@@ -94,15 +94,6 @@ class FileServer:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
 
 
-@pytest.fixture
-def server():
-    file_server = FileServer()
-    file_server.thread.start()
-    yield file_server
-    file_server.httpd.shutdown()
-    file_server.httpd.server_close()
-
-
 def leftovers(folder):
     return sorted(name for name in os.listdir(folder) if name.startswith("."))
 

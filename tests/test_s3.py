@@ -11,16 +11,8 @@ import pytest
 from pipeline import storage
 from pipeline.base import ArtifactTask
 from tests.conftest import cli_args, make_images
-from tests.services import (BUCKET, CREDENTIALS, TEST_ENV, MotoServer, Relay, config_values, end_group, run_luigi,
+from tests.services import (BUCKET, CREDENTIALS, TEST_ENV, Relay, config_values, end_group, run_luigi,
                             s3_config, s3_key, s3_keys, start_luigi)
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
-    server.client().create_bucket(Bucket=BUCKET)
-    yield server
-    server.stop()
 
 
 @pytest.fixture

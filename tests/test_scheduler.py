@@ -13,18 +13,10 @@ import pipeline
 from pipeline import storage
 from pipeline.base import MANIFEST
 from tests.conftest import TINY, cli_args, make_images, write_config
-from tests.services import (BUCKET, CREDENTIALS, TEST_ENV, Luigid, MotoServer, alive, config_values, end_group,
+from tests.services import (BUCKET, CREDENTIALS, TEST_ENV, Luigid, alive, config_values, end_group,
                             kill_hard, run_luigi, s3_config, s3_key, s3_keys, start_luigi)
 
 CHAIN_TASKS = 10  # PrepareImages, BuildShards, three phases, three grids, evaluation, TrainInpainter
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
-    server.client().create_bucket(Bucket=BUCKET)
-    yield server
-    server.stop()
 
 
 def test_two_workers_on_one_scheduler_run_the_chain_on_s3_each_task_once(moto, tmp_path):

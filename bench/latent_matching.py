@@ -28,9 +28,8 @@ import torch
 
 from ganmodels.data import ImageBank
 from ganmodels.dcgan import DCGANConfig
-from ganmodels.dcgan_training import generator_from_state, train_dcgan
+from ganmodels.dcgan_training import generator_from_state, signed_batches, train_dcgan
 from ganmodels.monitoring import image_grid, sample_diversity
-from pipeline.generation import signed_batches
 from pipeline.imagefiles import decode_image
 
 IMAGE_SIZE = 32

@@ -11,7 +11,9 @@ from torch import Tensor, nn
 from torch.nn.functional import binary_cross_entropy_with_logits, l1_loss
 from torch.optim.swa_utils import update_bn
 
+from ganmodels.data import ImageBank
 from ganmodels.dcgan import DCGANConfig, Discriminator, Generator
+from ganmodels.distributed import World
 from ganmodels.monitoring import CollapseWatch, sample_diversity
 
 logger = logging.getLogger(__name__)
@@ -20,15 +22,33 @@ STANDING_STATISTICS_LATENTS = 512
 STANDING_STATISTICS_BATCH = 64
 
 
+def signed_batches(images: ImageBank, flip: bool) -> Callable[[int, torch.Generator], Tensor]:
+    """train_dcgan's sampler of real batches: random rows of the bank as floats in the generator's [-1, 1]."""
+    def sample(batch_size: int, rng: torch.Generator) -> Tensor:
+        rows = torch.randint(len(images), (batch_size,), generator=rng, device=rng.device)
+        batch = images.images[rows.to(images.images.device)].float().div_(127.5).sub_(1)
+        if not flip:
+            return batch
+        flips = torch.rand(batch_size, generator=rng, device=rng.device) < 0.5
+        return torch.where(flips.to(batch.device)[:, None, None, None], batch.flip(3), batch)
+    return sample
+
+
 def train_dcgan(config: DCGANConfig, sample_real: Callable[[int, torch.Generator], Tensor],
                 state: dict | None, device: torch.device | str,
                 on_checkpoint: Callable[[dict], None], on_log: Callable[[dict], None],
-                on_snapshot: Callable[[int, Tensor], None] | None = None) -> dict:
+                on_snapshot: Callable[[int, Tensor], None] | None = None, world: World = World()) -> dict:
     """Train until config.steps, starting fresh (state None) or from a checkpoint state.
 
     sample_real(batch_size, generator) must return a float batch in [-1, 1] on `device`;
     `generator` is a CPU torch.Generator whose state is part of the checkpoint, so a
     sampler that draws only from it makes resumed runs repeat uninterrupted ones.
+
+    Under torchrun every rank calls this with its `world`: each draws its share of every
+    batch from its own random streams, DDP averages the gradients, and every rank gets
+    the same log rows (means over the ranks) and collapse decisions. Only the ranks that
+    write should pass on_snapshot; every rank must call on_checkpoint, which gathers
+    the ranks' random streams.
 
     on_checkpoint gets a CPU copy of the full state every config.checkpoint_every steps
     and at the end. The state holds only tensors, numbers, strings, None, lists and dicts,
@@ -61,9 +81,9 @@ def train_dcgan(config: DCGANConfig, sample_real: Callable[[int, torch.Generator
         generator.load_state_dict(state["generator"])
         discriminator.load_state_dict(state["discriminator"])
         fixed_latents, step = state["fixed_latents"], state["step"]
-    data_rng = torch.Generator().manual_seed(config.seed)
+    data_rng = torch.Generator().manual_seed(world.seed(config.seed))
     # Offset so that on CPU the noise stream is not a replay of the data stream.
-    noise_rng = torch.Generator(device).manual_seed(config.seed + 1)
+    noise_rng = torch.Generator(device).manual_seed(world.seed(config.seed + 1))
     generator.to(device, memory_format=memory_format)
     discriminator.to(device, memory_format=memory_format)
     ema_generator = None
@@ -80,10 +100,18 @@ def train_dcgan(config: DCGANConfig, sample_real: Callable[[int, torch.Generator
         optimizer_g.load_state_dict(state["optimizer_g"])
         optimizer_d.load_state_dict(state["optimizer_d"])
         watch.load_state_dict(state["collapse_watch"])
-        _restore_rng(state["rng"], data_rng, noise_rng, device)
+        _restore_rng(state["rng"], data_rng, noise_rng, device, world,
+                     fresh_seeds=(world.seed(config.seed, step), world.seed(config.seed + 1, step)))
+    # The generator's forward and the discriminator's step go through DDP; the generator's
+    # step calls the plain, frozen discriminator, so DDP never waits for its gradients.
+    trained_generator, trained_discriminator = world.wrap(generator), world.wrap(discriminator)
+    batch_size = world.local_batch(config.batch_size)
 
     def snapshot() -> dict:
         rng = {"torch_cpu": torch.get_rng_state(), "data": data_rng.get_state(), "noise": noise_rng.get_state()}
+        if world.size > 1:
+            rng["ranks"] = [{"data": data, "noise": noise} for data, noise in
+                            zip(world.gather(data_rng.get_state()), world.gather(noise_rng.get_state()))]
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
         return _cpu_copy({
@@ -107,15 +135,16 @@ def train_dcgan(config: DCGANConfig, sample_real: Callable[[int, torch.Generator
     metric_sums = torch.zeros(4, device=device)
     interval_start, interval_start_step = time.perf_counter(), step
     while step < config.steps:
-        real = sample_real(config.batch_size, data_rng).contiguous(memory_format=memory_format)
-        latents = torch.randn(config.batch_size, config.latent_size, generator=noise_rng, device=device)
+        real = sample_real(batch_size, data_rng).contiguous(memory_format=memory_format)
+        latents = torch.randn(batch_size, config.latent_size, generator=noise_rng, device=device)
         if config.latent_match_steps > 0:
             latents = match_latents(generator, latents, real, config.latent_match_steps, config.latent_match_lr)
 
         # Discriminator step.
         with mixed_precision:
-            fake = generator(latents)
-            real_logits, fake_logits = _discriminate(discriminator, real, fake.detach(), config.separate_batches)
+            fake = trained_generator(latents)
+            real_logits, fake_logits = _discriminate(trained_discriminator, real, fake.detach(),
+                                                     config.separate_batches)
             real_targets = _soft_targets(real_logits, config.real_label_low, config.real_label_high,
                                          config.label_flip_prob, noise_rng)
             fake_targets = _soft_targets(fake_logits, config.fake_label_low, config.fake_label_high,
@@ -146,11 +175,11 @@ def train_dcgan(config: DCGANConfig, sample_real: Callable[[int, torch.Generator
         if step % config.log_every == 0:
             # Only logged steps wait for the device; the others queue work without syncing.
             interval_steps = step - interval_start_step
-            loss_d_mean, loss_g_mean, d_real, d_fake, grad_norm_g, grad_norm_d = torch.cat([
+            loss_d_mean, loss_g_mean, d_real, d_fake, grad_norm_g, grad_norm_d, diversity = world.mean(torch.cat([
                 metric_sums / interval_steps,
                 torch.stack([_grad_norm(generator), _grad_norm(discriminator)]),
-            ]).tolist()
-            diversity = sample_diversity(fake)
+                torch.tensor([sample_diversity(fake)], device=device),
+            ])).tolist()
             now = time.perf_counter()
             on_log({"step": step, "loss_d": loss_d_mean, "loss_g": loss_g_mean,
                     "d_real": d_real, "d_fake": d_fake, "grad_norm_g": grad_norm_g,
@@ -280,10 +309,17 @@ def _frozen(module: nn.Module):
 
 
 def _restore_rng(rng: dict, data_rng: torch.Generator, noise_rng: torch.Generator,
-                 device: torch.device) -> None:
+                 device: torch.device, world: World, fresh_seeds: tuple[int, int]) -> None:
     torch.set_rng_state(rng["torch_cpu"])
-    data_rng.set_state(rng["data"])
-    noise_rng.set_state(rng["noise"])
+    streams = rng.get("ranks", [{"data": rng["data"], "noise": rng["noise"]}])
+    if len(streams) == world.size:
+        data_rng.set_state(streams[world.rank]["data"])
+        noise_rng.set_state(streams[world.rank]["noise"])
+    else:
+        logger.warning("the checkpoint was written by %d processes and this run has %d: every process's "
+                       "random streams are reseeded", len(streams), world.size)
+        data_rng.manual_seed(fresh_seeds[0])
+        noise_rng.manual_seed(fresh_seeds[1])
     if device.type == "cuda" and "cuda" in rng:
         torch.cuda.set_rng_state(rng["cuda"], device)
 

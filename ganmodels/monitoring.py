@@ -79,6 +79,13 @@ def image_grid(images: Tensor, nrow: int) -> Image.Image:
     return to_pil_image(make_grid(_to_uint8(images), nrow=nrow))
 
 
+def grid_png(images: Tensor) -> bytes:
+    """PNG bytes of images (N, C, H, W) in [-1, 1] tiled in a near-square grid."""
+    buffer = io.BytesIO()
+    image_grid(images, nrow=math.ceil(math.sqrt(len(images)))).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def animated_gif(frames: list[Image.Image], duration_ms: int, loop: int = 0) -> bytes:
     """GIF bytes; loop=0 repeats forever. Pillow merges identical consecutive frames."""
     if not frames:

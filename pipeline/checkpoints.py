@@ -44,17 +44,6 @@ def prune_checkpoints(directory: str, keep: int) -> None:
         storage.remove(storage.join(directory, name))
 
 
-def save_task_state(task: ArtifactTask, name: str, state: dict) -> None:
-    """Save a state dict as one of the task's files, recorded for its manifest."""
-    task.adopt_file(name, *save_state(task.path(name), state))
-
-
-def write_checkpoint(task: ArtifactTask, state: dict, keep: int) -> None:
-    """Save state as the checkpoint of its step, then delete all but the newest `keep`."""
-    save_task_state(task, checkpoint_name(state["step"]), state)
-    prune_checkpoints(task.directory, keep)
-
-
 def latest_checkpoint(task: ArtifactTask) -> str | None:
     """The path of the newest checkpoint an earlier, interrupted attempt of the task left, or None."""
     if not (checkpoints := list_checkpoints(task.directory)):
@@ -63,8 +52,3 @@ def latest_checkpoint(task: ArtifactTask) -> str | None:
     log.info("%s: resuming from checkpoint %s (step %d)", task.get_task_family(), name, step)
     return task.path(name)
 
-
-def resume_state(task: ArtifactTask, device: torch.device | str) -> dict | None:
-    """The newest checkpoint an earlier, interrupted attempt of the task left, loaded, or None."""
-    path = latest_checkpoint(task)
-    return load_state(path, device) if path else None

@@ -29,10 +29,9 @@ import time
 from typing import Callable
 
 import luigi
-import torch
 
 from . import storage
-from .checkpoints import checkpoint_name, load_state, prune_checkpoints, save_state
+from .checkpoints import checkpoint_name, prune_checkpoints, save_state
 
 log = logging.getLogger("luigi-interface")
 
@@ -64,20 +63,49 @@ class TrainingFailed(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainingJob:
-    """Everything a training process needs, as JSON: configs, storage paths, where to write."""
+    """Everything a training process needs, as JSON: which loop, its configuration, where to write."""
 
     task: str  # the task id, for messages
     directory: str  # the task's directory; rank 0 writes checkpoints and `final_state` there
-    phase: dict
-    model: dict
-    mask: dict
+    kind: str  # the training loop: a key of pipeline.trainers.TRAINERS
+    config: dict  # that loop's settings (pipeline.trainers says which)
     train_shards: list[str]
-    mean_pixel: list[float]
-    start: str | None  # state to start from: this phase's checkpoint or the previous phase's result
+    start: str | None  # state to start from: the task's checkpoint or an upstream task's result
     keep_checkpoints: int
     final_state: str
-    runtime: dict  # Runtime settings other than the device, which each process resolves for itself
     root: str = dataclasses.field(default_factory=storage.root)  # the artifact root, wherever it was set
+
+
+class TrainingProcesses:
+    """Parameters of a task whose training runs in child processes, and the call that runs it.
+
+    The task needs a `batch_size` parameter (split over the processes) and a
+    `log_row(row)` method (the log rows of rank 0).
+    """
+
+    device = luigi.Parameter(default="auto", significant=False, description="auto, cpu, cuda or cuda:N")
+    processes = luigi.IntParameter(default=1, significant=False,
+                                   description="Training processes on this machine (DDP through torchrun; one per GPU)")
+    nodes = luigi.IntParameter(default=1, significant=False,
+                               description="Machines in each training job; the others run "
+                                           "`gan-pipeline-distributed join`")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.processes < 1 or self.nodes < 1:
+            raise ValueError(f"processes and nodes must be >= 1, got {self.processes} and {self.nodes}")
+        if self.batch_size % (self.processes * self.nodes):
+            raise ValueError(f"batch_size {self.batch_size} does not split evenly over "
+                             f"{self.processes * self.nodes} training processes")
+
+    @property
+    def resources(self):
+        """One unit of `[resources] gpu` per process on this machine, so the scheduler never overbooks GPUs."""
+        return {"gpu": self.processes}
+
+    def train(self, job: TrainingJob) -> dict:
+        """Run the job in child processes (this luigi worker never initialises CUDA); rank 0's final report."""
+        return run_training(job, self.processes, self.nodes, self.device, on_log=self.log_row, on_file=self.adopt_file)
 
 
 # --- in the luigi worker -------------------------------------------------------------------------
@@ -169,14 +197,40 @@ def _emit(event: str, **fields) -> None:
     print(EVENT_PREFIX + json.dumps({"event": event, **fields}), flush=True)
 
 
-def _train(job_path: str | None, device: str) -> None:
-    from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig
-    from ganmodels.data import ImageBank, training_images
-    from ganmodels.distributed import join_world, leave_world
-    from ganmodels.runtime import Runtime
-    from ganmodels.training import train_phase
+class JobOutput:
+    """What a training process writes and reports: everything on rank 0, nothing on the others."""
 
-    from .data import load_array
+    def __init__(self, job: TrainingJob, world):
+        self.job, self.is_main = job, world.is_main
+
+    def log(self, row: dict) -> None:
+        if self.is_main:
+            _emit("log", row=row)
+
+    def write(self, name: str, data: bytes) -> None:
+        """Write one file of the task's directory."""
+        if self.is_main:
+            with storage.open_write(storage.join(self.job.directory, name)) as file:
+                file.write(data)
+            _emit("file", name=name, size=file.size, sha256=file.sha256.hexdigest())
+
+    def save(self, name: str, state: dict) -> None:
+        """Save a state dict as one file of the task's directory."""
+        if self.is_main:
+            size, sha256 = save_state(storage.join(self.job.directory, name), state)
+            _emit("file", name=name, size=size, sha256=sha256)
+
+    def checkpoint(self, state: dict) -> None:
+        """Save a checkpoint of state's step, then delete all but the newest `keep_checkpoints`."""
+        if self.is_main:
+            self.save(checkpoint_name(state["step"]), state)
+            prune_checkpoints(self.job.directory, self.job.keep_checkpoints)
+
+
+def _train(job_path: str | None, device: str) -> None:
+    from ganmodels.distributed import join_world, leave_world
+
+    from .trainers import TRAINERS
 
     world = join_world(device)
     if world.is_main and job_path is None:
@@ -187,29 +241,9 @@ def _train(job_path: str | None, device: str) -> None:
             payload = file.read()
     job = TrainingJob(**json.loads(world.broadcast_bytes(payload)))
     storage.use_root(job.root)
-
-    def on_checkpoint(state: dict) -> None:
-        if not world.is_main:
-            return
-        name = checkpoint_name(state["step"])
-        _emit("file", name=name, **dict(zip(("size", "sha256"), save_state(storage.join(job.directory, name), state))))
-        prune_checkpoints(job.directory, job.keep_checkpoints)
-
-    def on_log(row: dict) -> None:
-        if world.is_main:
-            _emit("log", row=row)
-
-    runtime = Runtime.resolve(device=str(world.device), **job.runtime)
-    images = training_images([load_array(path) for path in job.train_shards], runtime)
-    start = load_state(job.start, world.device) if job.start else None
-    state = train_phase(PhaseConfig(**job.phase), ModelConfig(**job.model), MaskConfig(**job.mask), images,
-                        torch.tensor(job.mean_pixel), start, runtime, on_checkpoint=on_checkpoint,
-                        on_log=on_log, world=world)
+    summary = TRAINERS[job.kind](job, world, JobOutput(job, world))
     if world.is_main:
-        size, sha256 = save_state(storage.join(job.directory, job.final_state), state)
-        _emit("file", name=job.final_state, size=size, sha256=sha256)
-        _emit("done", step=state["step"], history=state["history"], device=str(world.device), world_size=world.size,
-              runtime=runtime.to_dict(), data_on_device=isinstance(images, ImageBank))
+        _emit("done", device=str(world.device), world_size=world.size, **summary)
     leave_world(world)
 
 

@@ -1,8 +1,6 @@
 """TrainDCGAN: an unconditional DCGAN on a prepared dataset, its progress rendered as grids and GIFs."""
 import dataclasses
 import io
-import math
-from typing import Callable
 
 import luigi
 import luigi.util
@@ -10,18 +8,17 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ganmodels.data import ImageBank
 from ganmodels.dcgan import COLLAPSE_ACTIONS, PROJECTIONS, DCGANConfig
-from ganmodels.dcgan_training import generator_from_state, train_dcgan
-from ganmodels.distributed import resolve_device
-from ganmodels.monitoring import animated_gif, image_grid, latent_walk, loss_curve_png
+from ganmodels.dcgan_training import generator_from_state
+from ganmodels.monitoring import animated_gif, grid_png, latent_walk, loss_curve_png
 
 from . import storage
 from .base import ArtifactTask, log
-from .checkpoints import FINAL_STATE, list_checkpoints, resume_state, save_task_state, write_checkpoint
+from .checkpoints import FINAL_STATE, latest_checkpoint, list_checkpoints, load_state
 from .data import BuildShards
+from .distributed import TrainingJob, TrainingProcesses
+from .trainers import SNAPSHOT_DIRECTORY
 
-SNAPSHOT_DIRECTORY = "snapshots/"
 PLOTTED_METRICS = ["loss_d", "loss_g", "d_real", "d_fake"]
 
 
@@ -36,35 +33,16 @@ def _explicit_bool(default: bool, description: str, significant: bool = True) ->
                                description=description, significant=significant)
 
 
-def signed_batches(images: ImageBank, flip: bool) -> Callable[[int, torch.Generator], torch.Tensor]:
-    """train_dcgan's sampler of real batches: random rows of the bank as floats in the generator's [-1, 1]."""
-    def sample(batch_size: int, rng: torch.Generator) -> torch.Tensor:
-        rows = torch.randint(len(images), (batch_size,), generator=rng, device=rng.device)
-        batch = images.images[rows.to(images.images.device)].float().div_(127.5).sub_(1)
-        if not flip:
-            return batch
-        flips = torch.rand(batch_size, generator=rng, device=rng.device) < 0.5
-        return torch.where(flips.to(batch.device)[:, None, None, None], batch.flip(3), batch)
-    return sample
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _square_grid(images: torch.Tensor) -> Image.Image:
-    return image_grid(images, nrow=math.ceil(math.sqrt(len(images))))
-
-
 class CollapseStopped(RuntimeError):
     """The collapse watch ended the run (on_collapse=stop)."""
 
 
 @luigi.util.requires(BuildShards)
-class TrainDCGAN(ArtifactTask):
+class TrainDCGAN(TrainingProcesses, ArtifactTask):
     """The end task of the generation branch: a DCGAN trained on the train split, with its progress.
+
+    The training runs in child processes (one, or DDP under torchrun), like the
+    inpainting phases; the renders are drawn here, on the CPU, from the final state.
 
     Writes model.pt (the final state; EMA weights inside when ema_decay > 0), metrics.csv,
     loss_curves.png, snapshots/step-NNNNNNN.png (the fixed latents' samples), progress.gif
@@ -121,7 +99,6 @@ class TrainDCGAN(ArtifactTask):
     keep_checkpoints = luigi.IntParameter(default=2, significant=False)
     channels_last = _explicit_bool(_default("channels_last"), "channels-last memory format", significant=False)
     mixed_precision = _explicit_bool(_default("mixed_precision"), "bfloat16 autocast", significant=False)
-    device = luigi.Parameter(default="auto", significant=False, description="auto, cpu, cuda or cuda:N")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -136,35 +113,26 @@ class TrainDCGAN(ArtifactTask):
     def resolved_config(self) -> dict:
         return {"dcgan": dataclasses.asdict(self.config)}
 
-    def save_checkpoint(self, state: dict) -> None:
-        # The logged rows travel with the checkpoint, so a resumed run's metrics.csv starts at step 0.
-        write_checkpoint(self, {**state, "history": list(self.history)}, self.keep_checkpoints)
-
     def snapshot_names(self) -> list[str]:
         """The snapshot grids on disk, earlier attempts' included, in step order."""
         return [name for name in storage.list_files(self.directory) if name.startswith(SNAPSHOT_DIRECTORY)]
 
-    def save_snapshot(self, step: int, images: torch.Tensor) -> None:
-        with self.open_write(f"{SNAPSHOT_DIRECTORY}step-{step:07d}.png") as file:
-            file.write(_png(_square_grid(images)))
-
     def log_row(self, row: dict) -> None:
-        self.history.append(row)
         message = (f"step {row['step']}/{self.steps}: loss_d={row['loss_d']:.4f}, loss_g={row['loss_g']:.4f}, "
                    f"D(real)={row['d_real']:.3f}, D(fake)={row['d_fake']:.3f}, "
                    f"diversity={row['diversity']:.3f}, {row['images_per_s']:.1f} images/s")
         log.info("%s %s", self.get_task_family(), message)
         self.report_progress(row["step"] / self.steps, message)
 
-    def write_metrics(self) -> None:
-        metrics = pd.DataFrame(self.history, columns=["step", "loss_d", "loss_g", "d_real", "d_fake", "grad_norm_g",
+    def write_metrics(self, history: list[dict]) -> None:
+        metrics = pd.DataFrame(history, columns=["step", "loss_d", "loss_g", "d_real", "d_fake", "grad_norm_g",
                                                       "grad_norm_d", "diversity", "images_per_s"])
         with self.open_write("metrics.csv") as file:
             metrics.to_csv(file, index=False)
         with self.open_write("loss_curves.png") as file:
             file.write(loss_curve_png(metrics.set_index("step"), PLOTTED_METRICS))
 
-    def write_renders(self, state: dict, device: torch.device) -> None:
+    def write_renders(self, state: dict) -> None:
         """progress.gif of the snapshots, latent_walk.gif and samples.png, from the EMA weights if any."""
         frames = []
         for name in self.snapshot_names():
@@ -173,7 +141,7 @@ class TrainDCGAN(ArtifactTask):
         with self.open_write("progress.gif") as file:
             file.write(animated_gif(frames, self.gif_frame_ms))
 
-        generator = generator_from_state(state).to(device)
+        generator = generator_from_state(state)
         walk = latent_walk(generator, self.walk_keyframes, self.walk_frames_between, self.config.latent_size,
                            self.render_seed)
         with self.open_write("latent_walk.gif") as file:
@@ -181,28 +149,27 @@ class TrainDCGAN(ArtifactTask):
         latents = torch.randn(self.sample_count, self.config.latent_size,
                               generator=torch.Generator().manual_seed(self.render_seed))
         with torch.no_grad():
-            samples = generator(latents.to(device))
+            samples = generator(latents)
         with self.open_write("samples.png") as file:
-            file.write(_png(_square_grid(samples)))
+            file.write(grid_png(samples))
 
     def build(self):
-        device = resolve_device(self.device)
-        images = ImageBank(self.requires().split_arrays("train"), device)
-        start = resume_state(self, device)
-        self.history = start.pop("history") if start else []
-        state = train_dcgan(self.config, signed_batches(images, self.random_flip), start, device,
-                            on_checkpoint=self.save_checkpoint, on_log=self.log_row, on_snapshot=self.save_snapshot)
-        self.write_metrics()
-        if state["stopped_reason"]:
+        job = TrainingJob(task=self.task_id, directory=self.directory, kind="dcgan",
+                          config={"dcgan": dataclasses.asdict(self.config), "random_flip": self.random_flip},
+                          train_shards=self.requires().split_paths("train"), start=latest_checkpoint(self),
+                          keep_checkpoints=self.keep_checkpoints, final_state=FINAL_STATE)
+        result = self.train(job)
+        history = result["history"]
+        self.write_metrics(history)
+        if result["stopped_reason"]:
             kept = list_checkpoints(self.directory)
             checkpoint = f"kept {self.path(kept[-1][1])}" if kept else "no checkpoint had been written"
             raise CollapseStopped(
-                f"{self.get_task_family()} stopped by the collapse watch (on_collapse=stop): {state['stopped_reason']}. "
+                f"{self.get_task_family()} stopped by the collapse watch (on_collapse=stop): {result['stopped_reason']}. "
                 f"Last good checkpoint: {checkpoint}; metrics.csv and loss_curves.png in {self.directory} show the "
                 f"run. Running again resumes from that checkpoint and meets the same collapse: change the training "
                 f"parameters (lr, labels, width) or set on_collapse=warn.")
-        save_task_state(self, FINAL_STATE, state)
-        self.write_renders(state, device)
-        return {"steps": state["step"], "device": str(device), "ema": state["ema_generator"] is not None,
-                "snapshots": len(self.snapshot_names()),
-                "last_log": self.history[-1] if self.history else {}}
+        self.write_renders(load_state(self.path(FINAL_STATE)))
+        return {"steps": result["step"], "device": result["device"], "world_size": result["world_size"],
+                "ema": result["ema"], "snapshots": len(self.snapshot_names()),
+                "last_log": history[-1] if history else {}}

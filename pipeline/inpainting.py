@@ -19,11 +19,11 @@ from . import storage
 from .base import ArtifactTask, log
 from .checkpoints import FINAL_STATE, latest_checkpoint, load_state
 from .data import BuildShards
-from .distributed import TrainingJob, run_training
+from .distributed import TrainingJob, TrainingProcesses
 
 
 @luigi.util.inherits(BuildShards)
-class PretrainCompletion(ArtifactTask):
+class PretrainCompletion(TrainingProcesses, ArtifactTask):
     """Phase 1: the completion network learns to fill holes under MSE inside the hole."""
 
     phase = 1
@@ -36,11 +36,10 @@ class PretrainCompletion(ArtifactTask):
     lr_completion = luigi.FloatParameter(default=1e-3)
     lr_discriminator = luigi.FloatParameter(default=1e-4)
     seed = luigi.IntParameter(default=0)
-    phase1_steps = luigi.IntParameter(default=1500)
+    phase1_steps = luigi.IntParameter(default=3000)
     checkpoint_every = luigi.IntParameter(default=100, significant=False)
     log_every = luigi.IntParameter(default=50, significant=False)
     keep_checkpoints = luigi.IntParameter(default=2, significant=False)
-    device = luigi.Parameter(default="auto", significant=False, description="auto, cpu, cuda or cuda:N")
     # Like the device, these change how fast a model trains, not which model: bf16 autocast
     # rounds activations, never the fp32 weights, as cuDNN's kernel choices already differ.
     precision = luigi.ChoiceParameter(default="auto", choices=("auto", "fp32", "bf16"), significant=False,
@@ -51,11 +50,6 @@ class PretrainCompletion(ArtifactTask):
                                            description="Hold the train split on the device (yes), stream it "
                                                        "from the memory-mapped shards (no), or yes if it fits (auto)")
     data_workers = luigi.IntParameter(default=4, significant=False, description="DataLoader workers when streaming")
-    processes = luigi.IntParameter(default=1, significant=False,
-                                   description="Training processes on this machine (DDP through torchrun; one per GPU)")
-    nodes = luigi.IntParameter(default=1, significant=False,
-                               description="Machines in each training job; the others run "
-                                           "`gan-pipeline-distributed join`")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -70,16 +64,6 @@ class PretrainCompletion(ArtifactTask):
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.data_workers < 0:
             raise ValueError(f"data_workers must be >= 0, got {self.data_workers}")
-        if self.processes < 1 or self.nodes < 1:
-            raise ValueError(f"processes and nodes must be >= 1, got {self.processes} and {self.nodes}")
-        if self.batch_size % (self.processes * self.nodes):
-            raise ValueError(f"batch_size {self.batch_size} does not split evenly over "
-                             f"{self.processes * self.nodes} training processes")
-
-    @property
-    def resources(self):
-        """One unit of `[resources] gpu` per process on this machine, so the scheduler never overbooks GPUs."""
-        return {"gpu": self.processes}
 
     def runtime_settings(self) -> dict:
         """How to train; each training process resolves these for its device (the luigi worker never touches CUDA)."""
@@ -112,15 +96,14 @@ class PretrainCompletion(ArtifactTask):
         self.report_progress(row["step"] / row["steps"], message)
 
     def build(self):
-        # The training runs in child processes, so this luigi worker never initialises CUDA.
         shards = self.requires()["shards"]
-        job = TrainingJob(task=self.task_id, directory=self.directory, phase=self.phase_config.to_dict(),
-                          model=self.model_config.to_dict(), mask=self.mask_config.to_dict(),
-                          train_shards=shards.split_paths("train"), mean_pixel=shards.mean_pixel(),
-                          start=self.start_path(), keep_checkpoints=self.keep_checkpoints, final_state=FINAL_STATE,
-                          runtime=self.runtime_settings())
-        result = run_training(job, self.processes, self.nodes, self.device,
-                              on_log=self.log_row, on_file=self.adopt_file)
+        config = {"phase": self.phase_config.to_dict(), "model": self.model_config.to_dict(),
+                  "mask": self.mask_config.to_dict(), "mean_pixel": shards.mean_pixel(),
+                  "runtime": self.runtime_settings()}
+        job = TrainingJob(task=self.task_id, directory=self.directory, kind="inpainting", config=config,
+                          train_shards=shards.split_paths("train"), start=self.start_path(),
+                          keep_checkpoints=self.keep_checkpoints, final_state=FINAL_STATE)
+        result = self.train(job)
         with self.open_write("history.csv") as file:
             pd.DataFrame(result["history"]).to_csv(file, index=False)
         last = result["history"][-1] if result["history"] else {}

@@ -11,15 +11,17 @@ import torch.multiprocessing
 
 import pipeline
 from ganmodels.data import to_float
+from ganmodels.dcgan_training import generator_from_state
 from ganmodels.distributed import World, join_world
 from ganmodels.masks import holes_to_mask, sample_holes
 from ganmodels.metrics import inpainting_metrics
 from ganmodels.networks import complete
 from ganmodels.training import load_completion
 from pipeline import storage
-from pipeline.distributed import ENTRY, TrainingFailed, load_state
+from pipeline.checkpoints import load_state
+from pipeline.distributed import ENTRY, TrainingFailed
 from tests.conftest import REPO_ROOT
-from tests.ddp_ranks import train_two_ranks
+from tests.ddp_ranks import train_dcgan_two_ranks, train_two_ranks
 from tests.services import config_values, free_port
 
 TINY_PHASE1 = dict(dataset="folder", image_size=32, width=0.125, batch_size=4, shard_size=16, phase1_steps=4,
@@ -55,6 +57,20 @@ def test_ddp_ranks_train_on_different_images_and_stay_identical():
                                        for row in history]
     assert without_timings(first["history"]) == without_timings(second["history"])  # losses are means over both ranks
     assert len(first["samplers"]) == 2 and not torch.equal(*first["samplers"])
+
+
+def test_dcgan_ranks_draw_their_own_batches_and_stay_identical():
+    with torch.multiprocessing.Manager() as manager:
+        results = manager.dict()
+        torch.multiprocessing.spawn(train_dcgan_two_ranks, args=(free_port(), results), nprocs=2)
+        first, second = results[0], results[1]
+    assert first["first_batch"].shape[0] == 4 and not torch.equal(first["first_batch"], second["first_batch"])
+    for network in ("generator", "discriminator", "ema_generator"):
+        for name, value in first[network].items():
+            assert torch.equal(value, second[network][name]) or "running" in name or "num_batches" in name, name
+    without_timings = lambda logs: [{k: v for k, v in row.items() if k != "images_per_s"} for row in logs]
+    assert without_timings(first["logs"]) == without_timings(second["logs"]) and len(first["logs"]) == 2
+    assert len(first["rng_ranks"]) == 2 and not torch.equal(first["rng_ranks"][0]["data"], first["rng_ranks"][1]["data"])
 
 
 @pytest.fixture
@@ -93,6 +109,23 @@ def test_two_processes_train_through_torchrun_and_the_checkpoint_evaluates(two_g
         completed = complete(completion, images, mask, torch.tensor(shards.mean_pixel()))
     metrics = inpainting_metrics(completed, images, mask)
     assert all(torch.isfinite(value).all() for value in metrics.values())
+
+
+def test_dcgan_trains_in_two_processes_through_torchrun(two_gpus_of_resources, image_folder, no_cuda_here):
+    params = dict(source=image_folder, dataset="folder", image_size=32, shard_size=16, decode_workers=1, width=4,
+                  latent_size=8, batch_size=4, steps=4, fixed_latent_count=4, sample_count=4, walk_keyframes=2,
+                  walk_frames_between=2, snapshot_every=2, log_every=2, checkpoint_every=2)
+    task = pipeline.TrainDCGAN(processes=2, **params)
+    assert task.resources == {"gpu": 2} and task.directory == pipeline.TrainDCGAN(**params).directory
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+
+    manifest = storage.read_json(task.path("manifest.json"))
+    assert manifest["summary"]["world_size"] == 2 and manifest["summary"]["steps"] == 4
+    assert {"model.pt", "snapshots/step-0000002.png", "snapshots/step-0000004.png", "samples.png",
+            "checkpoints/step-0000004.pt"} <= set(manifest["files"])
+    assert len(load_state(task.path("checkpoints/step-0000004.pt"))["rng"]["ranks"]) == 2
+    samples = generator_from_state(load_state(task.path("model.pt")))(torch.randn(3, 8))
+    assert samples.shape == (3, 3, 32, 32) and torch.isfinite(samples).all()
 
 
 def test_a_second_machine_joins_the_training_job(artifact_root, image_folder, no_cuda_here):

@@ -97,40 +97,25 @@ def tiny_run_root(tmp_path_factory):
     return str(base / "artifacts")
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """A moto S3 server on 127.0.0.1 with a bucket `artifacts`; boto3 finds it through AWS_* variables."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    settings = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in settings.items():
-            patch.setenv(name, value)
-        boto3.client("s3").create_bucket(Bucket="artifacts")
-        yield settings["AWS_ENDPOINT_URL"]
-    server.stop()
-
-
 @pytest.fixture(params=["local", "s3"])
 def run_root(request, tmp_path, tiny_run_root):
     """A fresh copy of the tiny run's artifact root, on local disk or in S3 under a prefix of its own."""
     if request.param == "local":
         return shutil.copytree(tiny_run_root, str(tmp_path / "artifacts"))
-    import boto3
+    from tests.services import BUCKET, TEST_ENV
 
-    request.getfixturevalue("s3_endpoint")
+    moto = request.getfixturevalue("moto")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    # boto3 in this process and in the commands the tests start finds the server through these.
+    for name, value in {**TEST_ENV, "AWS_ENDPOINT_URL": moto.url}.items():
+        monkeypatch.setenv(name, value)
     prefix = f"runs-{tmp_path.name}"
-    client = boto3.client("s3")
+    client = moto.client()
     for dirpath, _, filenames in os.walk(tiny_run_root):
         for name in filenames:
             relative = os.path.relpath(os.path.join(dirpath, name), tiny_run_root)
-            client.upload_file(os.path.join(dirpath, name), "artifacts", f"{prefix}/{relative}")
-    return f"s3://artifacts/{prefix}"
+            client.upload_file(os.path.join(dirpath, name), BUCKET, f"{prefix}/{relative}")
+    return f"s3://{BUCKET}/{prefix}"
 
 
 def kill_after_first_checkpoint(config_path, args, tmp_path, family) -> pathlib.Path:
@@ -158,7 +143,7 @@ def resumed_steps(log: str) -> list[int]:
     return [int(line.rsplit("step ", 1)[1].rstrip(")")) for line in log.splitlines() if "resuming from checkpoint" in line]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def moto(tmp_path_factory):
     """moto's standalone S3 server in its own process, with the bucket the S3 tests write to."""
     from tests.services import BUCKET, MotoServer

@@ -1,7 +1,6 @@
 """Tasks that turn a source collection into resized images and training shards."""
 import contextlib
 import dataclasses
-import io
 
 import luigi
 import luigi.util
@@ -15,12 +14,6 @@ from .ingest import DecodeSettings, ingest_folder, usable_cores
 
 SPLITS = ("train", "val", "test")
 PART_SIZE = 4096  # images per file written by PrepareImages
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def _read_csv(path: str) -> pd.DataFrame:
@@ -183,7 +176,7 @@ class BuildShards(ArtifactTask):
                 images = np.stack([arrays[file][row] for file, row in zip(chunk["file"], chunk["row"])])
                 name = f"shards/{split}-{shard:05d}.npy"
                 with self.open_write(name) as file:
-                    file.write(_npy_bytes(images))
+                    np.save(file, images, allow_pickle=False)
                 index_rows += [(split, name, i, path) for i, path in enumerate(chunk["relative_path"])]
                 if split == "train":
                     channel_sum += images.sum(axis=(0, 2, 3), dtype=np.float64)

@@ -75,6 +75,12 @@ class TrainingJob:
     final_state: str
     root: str = dataclasses.field(default_factory=storage.root)  # the artifact root, wherever it was set
 
+    def __post_init__(self):
+        from .trainers import TRAINERS
+
+        if self.kind not in TRAINERS:
+            raise ValueError(f"unknown training kind {self.kind!r}; one of {sorted(TRAINERS)}")
+
 
 class TrainingProcesses:
     """Parameters of a task whose training runs in child processes, and the call that runs it.

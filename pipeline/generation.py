@@ -126,7 +126,7 @@ class TrainDCGAN(TrainingProcesses, ArtifactTask):
 
     def write_metrics(self, history: list[dict]) -> None:
         metrics = pd.DataFrame(history, columns=["step", "loss_d", "loss_g", "d_real", "d_fake", "grad_norm_g",
-                                                      "grad_norm_d", "diversity", "images_per_s"])
+                                                 "grad_norm_d", "diversity", "images_per_s"])
         with self.open_write("metrics.csv") as file:
             metrics.to_csv(file, index=False)
         with self.open_write("loss_curves.png") as file:

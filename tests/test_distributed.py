@@ -19,7 +19,7 @@ from ganmodels.networks import complete
 from ganmodels.training import load_completion
 from pipeline import storage
 from pipeline.checkpoints import load_state
-from pipeline.distributed import ENTRY, TrainingFailed
+from pipeline.distributed import ENTRY, TrainingFailed, TrainingJob
 from tests.conftest import REPO_ROOT
 from tests.ddp_ranks import train_dcgan_two_ranks, train_two_ranks
 from tests.services import config_values, free_port
@@ -159,3 +159,9 @@ def test_the_training_entry_point_refuses_to_outlive_its_parent():
     result = subprocess.run([*ENTRY, "train", "/nonexistent/job.json"], cwd=REPO_ROOT, capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=REPO_ROOT, PIPELINE_TRAINING_PARENT_PID="1"))
     assert result.returncode == 1 and "the process that started this one has exited" in result.stderr
+
+
+def test_a_training_job_names_its_loop():
+    with pytest.raises(ValueError, match=r"unknown training kind 'gan'; one of \['dcgan', 'inpainting'\]"):
+        TrainingJob(task="t", directory="d", kind="gan", config={}, train_shards=[], start=None, keep_checkpoints=1,
+                    final_state="model.pt")

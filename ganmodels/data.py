@@ -186,9 +186,13 @@ def augment(stored: torch.Tensor, size: int, generator: torch.Generator,
         offsets = torch.rand(batch_size, 2, generator=generator, device=device)
         origins = torch.stack([offsets[:, 0] * (height - size + 1), offsets[:, 1] * (width - size + 1)], dim=1).long()
         stored = crop_patches(stored, origins.to(stored.device), size)
-    flips = (torch.rand(batch_size, generator=generator, device=device) < 0.5).to(stored.device)
-    stored = torch.where(flips[:, None, None, None], stored.flip(3), stored)
-    return stored.float().div_(255).contiguous(memory_format=memory_format)
+    return random_flip(stored, generator).float().div_(255).contiguous(memory_format=memory_format)
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image flipped left-right with probability 1/2, drawn from `generator` (on any device)."""
+    flips = (torch.rand(len(images), generator=generator, device=generator.device) < 0.5).to(images.device)
+    return torch.where(flips[:, None, None, None], images.flip(3), images)
 
 
 def to_float(images: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn.functional import binary_cross_entropy_with_logits, l1_loss
 from torch.optim.swa_utils import update_bn
 
-from ganmodels.data import ImageBank
+from ganmodels.data import ImageBank, random_flip
 from ganmodels.dcgan import DCGANConfig, Discriminator, Generator
 from ganmodels.distributed import World
 from ganmodels.monitoring import CollapseWatch, sample_diversity
@@ -26,11 +26,10 @@ def signed_batches(images: ImageBank, flip: bool) -> Callable[[int, torch.Genera
     """train_dcgan's sampler of real batches: random rows of the bank as floats in the generator's [-1, 1]."""
     def sample(batch_size: int, rng: torch.Generator) -> Tensor:
         rows = torch.randint(len(images), (batch_size,), generator=rng, device=rng.device)
-        batch = images.images[rows.to(images.images.device)].float().div_(127.5).sub_(1)
-        if not flip:
-            return batch
-        flips = torch.rand(batch_size, generator=rng, device=rng.device) < 0.5
-        return torch.where(flips.to(batch.device)[:, None, None, None], batch.flip(3), batch)
+        batch = images.images[rows.to(images.images.device)]
+        if flip:
+            batch = random_flip(batch, rng)
+        return batch.float().div_(127.5).sub_(1)
     return sample
 
 

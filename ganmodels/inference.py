@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .monitoring import slerp
 from .networks import fill_holes
 
 
@@ -41,29 +42,12 @@ def paste(images: torch.Tensor, prediction: torch.Tensor, mask: torch.Tensor) ->
     return torch.lerp(images, prediction.to(images.dtype), mask)
 
 
-def slerp(start: torch.Tensor, end: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation from each start row (N, D) to its end row at each fraction (S,): (N, S, D).
-
-    Gaussian latents concentrate near a sphere; a straight line between two of them passes
-    through low-norm latents the generator rarely saw, a great circle does not.
-    """
-    cosine = F.cosine_similarity(start, end, dim=1).clamp(-1, 1)
-    angle = torch.arccos(cosine)[:, None, None]
-    t = fractions[None, :, None]
-    sine = torch.sin(angle)
-    nearly_parallel = sine.abs() < 1e-6
-    safe_sine = torch.where(nearly_parallel, torch.ones_like(sine), sine)
-    start_weight = torch.where(nearly_parallel, 1 - t, torch.sin((1 - t) * angle) / safe_sine)
-    end_weight = torch.where(nearly_parallel, t, torch.sin(t * angle) / safe_sine)
-    return start_weight * start[:, None, :] + end_weight * end[:, None, :]
-
-
 def latent_walks(walks: int, steps: int, latent_size: int, generator: torch.Generator) -> torch.Tensor:
     """`walks` great-circle walks of `steps` latents each between random pairs, flattened walk by walk."""
     if steps < 2:
         raise ValueError(f"a walk needs at least 2 steps, got {steps}")
     ends = torch.randn(2, walks, latent_size, generator=generator)
-    return slerp(ends[0], ends[1], torch.linspace(0, 1, steps)).flatten(0, 1)
+    return torch.stack([slerp(ends[0], ends[1], t) for t in torch.linspace(0, 1, steps)], dim=1).flatten(0, 1)
 
 
 def generate(generator_net: nn.Module, latents: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

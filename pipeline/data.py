@@ -66,7 +66,8 @@ class PrepareImages(ArtifactTask):
     """
 
     dataset = luigi.ChoiceParameter(default="sample", choices=sources.DATASETS,
-                                    description="sample (offline), folder (source=DIR), flowers, celeba or paintings")
+                                    description="sample (offline), folder (source=DIR), flowers, celeba, "
+                                                "paintings or digits")
     source = luigi.Parameter(default="", description="dataset=folder: directory of images; celeba, paintings: "
                                                      "optional folder of archives downloaded by hand")
     paintings_parts = luigi.ListParameter(default=[1], description="Which of Painter by Numbers' train_1.zip "

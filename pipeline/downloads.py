@@ -17,7 +17,9 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from torchvision.datasets.utils import calculate_md5, check_integrity
+from PIL import Image
+from torchvision.datasets.mnist import read_image_file
+from torchvision.datasets.utils import calculate_md5, check_integrity, extract_archive
 
 from pipeline.archives import safe_extract
 
@@ -37,6 +39,16 @@ CELEBA_IMAGES_MD5 = "00d2c5bc6d35e252742224ab0c1e8fcb"
 CELEBA_PARTITION_FILE_ID = "0B7EVK8r0v71pY0NSMzRuSXJEVkk"
 CELEBA_PARTITION_MD5 = "d32c9cbf5e040fd4025c592c306e6668"
 _CELEBA_SPLITS = {"0": "train", "1": "val", "2": "test"}
+
+# MNIST's handwritten digits, from the mirror torchvision's MNIST tries first, with its md5s.
+DIGITS_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+DIGITS_TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
+DIGITS_TRAIN_IMAGES_MD5 = "f68b3c2dcbeaaa9fbdd348bbdeb94873"
+DIGITS_TEST_IMAGES = "t10k-images-idx3-ubyte.gz"
+DIGITS_TEST_IMAGES_MD5 = "9fb629c4189551a2d022fa330f9573f3"
+# MNIST publishes train and test only; the customary validation set is the last 10,000 of
+# the 60,000 training digits (the 50,000 / 10,000 / 10,000 split).
+DIGITS_VAL_SHARE = 1 / 6
 
 PAINTINGS_PARTS = range(1, 10)
 KAGGLE_TOKEN_PAGE = "https://www.kaggle.com/settings/api"
@@ -104,6 +116,61 @@ def read_flowers_splits(setid_path) -> dict[str, str]:
         raise DownloadError(f"{setid_path} is not the Oxford flowers split file ({error}). "
                             "Delete it and rerun to download it again.") from error
     return splits
+
+
+def fetch_digits(dest_dir, train_images_url: str, train_images_md5: str, test_images_url: str,
+                 test_images_md5: str) -> Path:
+    """Fetch MNIST's digits into dest_dir and return dest_dir/images, one PNG file per digit.
+
+    The gzipped IDX files of the training and test images are kept in dest_dir (the labels
+    are not fetched: the pipeline trains unconditional generators). Their digits are
+    written once, as images/train/NNNNN.png and images/test/NNNNN.png (28x28 greyscale),
+    and again only when an IDX file is replaced; pass the files below images/ to
+    digits_split for the split.
+    """
+    dest_dir = Path(dest_dir)
+    archives = {"train": fetch_url(train_images_url, dest_dir, DIGITS_TRAIN_IMAGES, train_images_md5),
+                "test": fetch_url(test_images_url, dest_dir, DIGITS_TEST_IMAGES, test_images_md5)}
+    images_dir, marker = dest_dir / "images", dest_dir / ".images.written"
+    identity = "".join(f"{path.name} {path.stat().st_size} {path.stat().st_mtime_ns}\n"
+                       for path in archives.values())
+    if images_dir.is_dir() and marker.is_file() and marker.read_text() == identity:
+        return images_dir
+    logger.info("Writing the MNIST digits as PNG files into %s", images_dir)
+    staging = Path(tempfile.mkdtemp(prefix=".images-", dir=dest_dir))
+    try:
+        for split, archive in archives.items():
+            (staging / split).mkdir()
+            for index, digit in enumerate(_read_idx_images(archive)):
+                Image.fromarray(digit).save(staging / split / f"{index:05d}.png")
+        marker.unlink(missing_ok=True)
+        shutil.rmtree(images_dir, ignore_errors=True)  # digits of replaced IDX files
+        os.replace(staging, images_dir)  # atomic: the folder is either complete or absent
+        marker.write_text(identity)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return images_dir
+
+
+def digits_split(files) -> dict[str, str]:
+    """Map each path below the digits' images/ folder to 'train', 'val' or 'test': the
+    test digits are the test split, the last sixth of the training digits the val split."""
+    training = sorted(path for path in files if path.startswith("train/"))
+    first_val = round(len(training) * (1 - DIGITS_VAL_SHARE))
+    split = {path: "train" if index < first_val else "val" for index, path in enumerate(training)}
+    split.update((path, "test") for path in files if path.startswith("test/"))
+    return split
+
+
+def _read_idx_images(archive: Path) -> np.ndarray:
+    """The (N, H, W) uint8 images of a gzipped IDX file, read with torchvision's MNIST reader."""
+    with tempfile.TemporaryDirectory(prefix=".idx-", dir=archive.parent) as scratch:
+        try:
+            images = read_image_file(extract_archive(str(archive), scratch)).numpy()
+        except (AssertionError, OSError, EOFError, ValueError, KeyError) as error:
+            raise DownloadError(f"{archive} is not a gzipped IDX file of MNIST images ({error!r}), although "
+                                "its md5 is the one configured. Check the digits URLs and md5s in luigi.cfg.") from error
+    return images
 
 
 def fetch_celeba(dest_dir, source=None, file_id: str = CELEBA_IMAGES_FILE_ID,

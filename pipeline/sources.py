@@ -18,7 +18,7 @@ from PIL import Image
 
 from . import downloads
 
-DATASETS = ("sample", "folder", "flowers", "celeba", "paintings")
+DATASETS = ("sample", "folder", "flowers", "celeba", "paintings", "digits")
 # Datasets that read their files from `source`: a folder of images, or of archives
 # downloaded by hand (for celeba and paintings, where it is optional).
 SOURCE_DATASETS = ("folder", "celeba", "paintings")
@@ -60,13 +60,22 @@ class celeba(luigi.Config):
     partition_md5 = luigi.Parameter(default=downloads.CELEBA_PARTITION_MD5)
 
 
+class digits(luigi.Config):
+    """`[digits]` section: MNIST's gzipped IDX image files; point the URLs at a mirror if need be."""
+
+    train_images_url = luigi.Parameter(default=downloads.DIGITS_URL + downloads.DIGITS_TRAIN_IMAGES)
+    train_images_md5 = luigi.Parameter(default=downloads.DIGITS_TRAIN_IMAGES_MD5)
+    test_images_url = luigi.Parameter(default=downloads.DIGITS_URL + downloads.DIGITS_TEST_IMAGES)
+    test_images_md5 = luigi.Parameter(default=downloads.DIGITS_TEST_IMAGES_MD5)
+
+
 class paintings(luigi.Config):
     """`[paintings]` section: the Kaggle competition holding Painter by Numbers."""
 
     competition = luigi.Parameter(default="painter-by-numbers")
 
 
-_SETTINGS = {"flowers": flowers, "celeba": celeba, "paintings": paintings}
+_SETTINGS = {"flowers": flowers, "celeba": celeba, "paintings": paintings, "digits": digits}
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,10 @@ def resolve(dataset: str, source: str = "", paintings_parts=(1,)) -> Source:
                                         partition_md5=config.partition_md5)
         split = downloads.read_celeba_partition(destination / downloads.CELEBA_PARTITION)
         return Source(str(images), list_files(images), split)
+    if dataset == "digits":
+        images = downloads.fetch_digits(Path(download_dir, "digits"), **settings("digits"))
+        files = list_files(images)
+        return Source(str(images), files, downloads.digits_split(files))
     images = downloads.fetch_paintings(Path(download_dir, "paintings"), source_dir, parts=paintings_parts,
                                        competition=paintings().competition)
     return Source(str(images), _painting_files(images, paintings_parts), None)
@@ -139,7 +152,7 @@ def fingerprint(dataset: str, source: str = "", paintings_parts=(1,)) -> str | N
     anything is fetched, or None (sample: versioned by its folder name)."""
     if dataset == "folder":
         return folder_fingerprint(source)
-    if dataset in ("flowers", "celeba"):
+    if dataset in ("flowers", "celeba", "digits"):
         return " ".join(value for key, value in sorted(settings(dataset).items()) if key.endswith("md5"))
     if dataset == "paintings":
         # No published checksums: archives downloaded by hand are known by size and date.

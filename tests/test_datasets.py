@@ -1,5 +1,5 @@
-"""PrepareImages on each dataset, built from small generated files: flowers over a local
-HTTP server, CelebA and Painter by Numbers from archives "downloaded by hand", and a
+"""PrepareImages on each dataset, built from small generated files: flowers and digits over
+a local HTTP server, CelebA and Painter by Numbers from archives "downloaded by hand", and a
 folder of broken and awkward files."""
 import io
 import os
@@ -16,7 +16,7 @@ from PIL import Image
 
 from pipeline import PrepareImages, sources, storage
 from pipeline.ingest import DecodeSettings, ingest_folder
-from tests.test_downloads import mat_bytes, md5_of, tar_gz, zip_bytes
+from tests.test_downloads import mat_bytes, md5_of, serve_digits, tar_gz, zip_bytes
 from tests.test_imagefiles import KEPT, REJECTION_REASONS, awkward_files, png_header_only
 
 
@@ -90,6 +90,26 @@ def test_flowers_fetched_over_http_keep_the_official_split(artifact_root, settin
 
     prepare(dataset="flowers", image_size=8)  # another run reuses the verified downloads
     assert set(server.requests.values()) == {1}
+
+
+def test_digits_fetched_over_http_become_greyscale_rgb_with_a_val_split(artifact_root, settings, server):
+    rng = np.random.default_rng(3)
+    train, test = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), rng.integers(0, 256, (2, 28, 28), dtype=np.uint8)
+    settings("digits", **serve_digits(server, train, test))
+
+    task, summary, splits, reasons = prepare(dataset="digits", image_size=32)
+    assert splits == {**{f"train/{i:05d}.png": "train" for i in range(5)}, "train/00005.png": "val",
+                      "test/00000.png": "test", "test/00001.png": "test"}
+    assert (summary["kept"], summary["rejected"], summary["split"]) == (8, 0, "official")
+    table = pd.read_csv(task.path("images.csv")).set_index("relative_path")
+    file, row = table.loc["train/00003.png", ["file", "row"]]
+    image = np.load(task.path(file))[row]
+    assert image.shape == (3, 32, 32)  # 28 px digits are upscaled, like any image below image_size
+    assert np.array_equal(image[0], image[1]) and np.array_equal(image[0], image[2])
+    expected = np.asarray(Image.fromarray(train[3]).resize((32, 32), Image.Resampling.LANCZOS))
+    assert np.abs(image[0].astype(int) - expected).max() <= 1
+    config = storage.read_json(task.path("manifest.json"))["config"]["dataset_settings"]
+    assert config["train_images_url"] == server.url("/mnist/train_images.gz")
 
 
 def test_celeba_from_files_downloaded_by_hand_keeps_the_official_partition(artifact_root, settings, tmp_path):

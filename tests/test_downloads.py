@@ -1,3 +1,4 @@
+import gzip
 import hashlib
 import http.server
 import io
@@ -20,8 +21,8 @@ from PIL import Image
 
 from pipeline import downloads
 from pipeline.archives import UnsafeArchive
-from pipeline.downloads import (DownloadError, fetch_celeba, fetch_flowers, fetch_paintings, fetch_url,
-                                read_celeba_partition, read_flowers_splits)
+from pipeline.downloads import (DownloadError, digits_split, fetch_celeba, fetch_digits, fetch_flowers,
+                                fetch_paintings, fetch_url, read_celeba_partition, read_flowers_splits)
 
 
 def md5_of(data):
@@ -50,6 +51,12 @@ def zip_bytes(members):
         for name, data in members.items():
             archive.writestr(name, data)
     return buffer.getvalue()
+
+
+def idx_gz(images):
+    """uint8 (N, H, W) images as a gzipped IDX file, laid out like MNIST's."""
+    header = (0x0803).to_bytes(4, "big") + b"".join(side.to_bytes(4, "big") for side in images.shape)
+    return gzip.compress(header + images.astype(np.uint8).tobytes())
 
 
 def mat_bytes(variables):
@@ -224,6 +231,70 @@ def test_read_flowers_splits_rejects_other_mat_files(tmp_path):
     (tmp_path / "setid.mat").write_bytes(mat_bytes({"labels": np.array([[1]])}))
     with pytest.raises(DownloadError, match="Delete it and rerun"):
         read_flowers_splits(tmp_path / "setid.mat")
+
+
+# ---- MNIST digits ----------------------------------------------------------------------
+
+TRAIN_DIGITS = np.random.default_rng(0).integers(0, 256, (12, 28, 28), dtype=np.uint8)
+TEST_DIGITS = np.random.default_rng(1).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+
+
+def serve_digits(server, train, test, prefix="/mnist"):
+    """Put the two IDX files on the server; returns fetch_digits' settings for them."""
+    settings = {}
+    for key, images in (("train_images", train), ("test_images", test)):
+        path = f"{prefix}/{key}.gz"
+        server.files[path] = idx_gz(images)
+        settings[f"{key}_url"] = server.url(path)
+        settings[f"{key}_md5"] = md5_of(server.files[path])
+    return settings
+
+
+def png_pixels(path):
+    with Image.open(path) as image:
+        return image.mode, np.asarray(image)
+
+
+def test_fetch_digits_writes_each_digit_as_png_and_splits_off_val(server, tmp_path):
+    images_dir = fetch_digits(tmp_path, **serve_digits(server, TRAIN_DIGITS, TEST_DIGITS))
+    assert images_dir == tmp_path / "images"
+    files = sorted(f"{split}/{name}" for split in ("train", "test") for name in os.listdir(images_dir / split))
+    assert files == [f"test/{i:05d}.png" for i in range(3)] + [f"train/{i:05d}.png" for i in range(12)]
+    mode, pixels = png_pixels(images_dir / "train" / "00004.png")
+    assert mode == "L" and np.array_equal(pixels, TRAIN_DIGITS[4])
+    assert np.array_equal(png_pixels(images_dir / "test" / "00002.png")[1], TEST_DIGITS[2])
+    split = digits_split(files)
+    assert [split[f"train/{i:05d}.png"] for i in range(12)] == ["train"] * 10 + ["val"] * 2
+    assert {split[f"test/{i:05d}.png"] for i in range(3)} == {"test"}
+    assert leftovers(tmp_path) == [".images.written"]
+
+
+def test_fetch_digits_rerun_downloads_and_writes_nothing(server, tmp_path):
+    settings = serve_digits(server, TRAIN_DIGITS, TEST_DIGITS)
+    first = tmp_path / "images" / "train" / "00000.png"
+    fetch_digits(tmp_path, **settings)
+    written = first.stat().st_mtime_ns
+    fetch_digits(tmp_path, **settings)
+    assert set(server.requests.values()) == {1}
+    assert first.stat().st_mtime_ns == written
+
+
+def test_fetch_digits_rewrites_the_images_of_a_replaced_file(server, tmp_path):
+    fetch_digits(tmp_path, **serve_digits(server, TRAIN_DIGITS, TEST_DIGITS))
+    fewer = 255 - TRAIN_DIGITS[:6]
+    images_dir = fetch_digits(tmp_path, **serve_digits(server, fewer, TEST_DIGITS, prefix="/mirror"))
+    assert sorted(os.listdir(images_dir / "train")) == [f"{i:05d}.png" for i in range(6)]
+    assert np.array_equal(png_pixels(images_dir / "train" / "00005.png")[1], fewer[5])
+
+
+def test_fetch_digits_refuses_a_file_that_is_not_idx_images(server, tmp_path):
+    settings = serve_digits(server, TRAIN_DIGITS, TEST_DIGITS)
+    server.files["/mnist/test_images.gz"] = gzip.compress(b"not an IDX file")
+    settings["test_images_md5"] = md5_of(server.files["/mnist/test_images.gz"])
+    with pytest.raises(DownloadError, match="not a gzipped IDX file of MNIST images.*luigi.cfg"):
+        fetch_digits(tmp_path, **settings)
+    assert not (tmp_path / "images").exists()
+    assert leftovers(tmp_path) == []
 
 
 # ---- CelebA -------------------------------------------------------------------------------

@@ -132,9 +132,8 @@ def fetch_digits(dest_dir, train_images_url: str, train_images_md5: str, test_im
     archives = {"train": fetch_url(train_images_url, dest_dir, DIGITS_TRAIN_IMAGES, train_images_md5),
                 "test": fetch_url(test_images_url, dest_dir, DIGITS_TEST_IMAGES, test_images_md5)}
     images_dir, marker = dest_dir / "images", dest_dir / ".images.written"
-    identity = "".join(f"{path.name} {path.stat().st_size} {path.stat().st_mtime_ns}\n"
-                       for path in archives.values())
-    if images_dir.is_dir() and marker.is_file() and marker.read_text() == identity:
+    identity = _files_identity(*archives.values())
+    if images_dir.is_dir() and _marked(marker, identity):
         return images_dir
     logger.info("Writing the MNIST digits as PNG files into %s", images_dir)
     staging = Path(tempfile.mkdtemp(prefix=".images-", dir=dest_dir))
@@ -168,8 +167,8 @@ def _read_idx_images(archive: Path) -> np.ndarray:
         try:
             images = read_image_file(extract_archive(str(archive), scratch)).numpy()
         except (AssertionError, OSError, EOFError, ValueError, KeyError) as error:
-            raise DownloadError(f"{archive} is not a gzipped IDX file of MNIST images ({error!r}), although "
-                                "its md5 is the one configured. Check the digits URLs and md5s in luigi.cfg.") from error
+            raise DownloadError(f"{archive} is not a gzipped IDX file of MNIST images ({error!r}), although its "
+                                "md5 is the one configured. Check the digits URLs and md5s in luigi.cfg.") from error
     return images
 
 
@@ -288,14 +287,23 @@ def _extract_once(archive: Path, target_dir: Path, marker_dir: Path) -> None:
     is extracted again and an interrupted extraction (no marker yet) is redone.
     """
     marker = marker_dir / f".{archive.name}.extracted"
-    archive_stat = archive.stat()
-    identity = f"{archive_stat.st_size} {archive_stat.st_mtime_ns}\n"
-    if marker.is_file() and marker.read_text() == identity:
+    identity = _files_identity(archive)
+    if _marked(marker, identity):
         return
     logger.info("Extracting %s into %s", archive, target_dir)
     extracted = safe_extract(archive, target_dir)
     marker.write_text(identity)
     logger.info("Extracted %d files from %s", len(extracted), archive)
+
+
+def _files_identity(*paths: Path) -> str:
+    """Sizes and modification times, a line per file: what changes when a downloaded file is replaced."""
+    return "".join(f"{path.stat().st_size} {path.stat().st_mtime_ns}\n" for path in paths)
+
+
+def _marked(marker: Path, identity: str) -> bool:
+    """Whether the work a marker file stands for was done for files of this identity."""
+    return marker.is_file() and marker.read_text() == identity
 
 
 def _require_folder(folder: Path, archive: Path) -> Path:

@@ -13,6 +13,7 @@ setup(
         "torchmetrics>=1.4",
         "boto3>=1.34",
         "pillow>=10.1",
+        "simplejpeg>=1.7",
         "pandas>=2.0",
         "numpy>=1.26",
         "scikit-image>=0.22",

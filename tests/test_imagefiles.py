@@ -5,6 +5,7 @@ import zlib
 
 import numpy as np
 import pytest
+import simplejpeg
 from PIL import Image, JpegImagePlugin
 
 from pipeline.imagefiles import RejectedImage, content_hash, decode_image
@@ -227,7 +228,61 @@ def test_downscaling_is_antialiased():
     assert np.abs(pixels.astype(int) - 127).max() <= 3
 
 
-def test_large_jpeg_uses_reduced_dct_decoding(monkeypatch):
+def smooth_photo(width, height):
+    """Broad colour gradients, like most of a photograph's area."""
+    x, y = np.meshgrid(np.linspace(0, 1, width), np.linspace(0, 1, height))
+    channels = [128 + 100 * np.sin(3 * x + 2 * y), 128 + 100 * np.cos(4 * y - x), 255 * x * y]
+    return Image.fromarray(np.clip(np.stack(channels, axis=-1), 0, 255).astype(np.uint8))
+
+
+def full_decode_reference(data, size):
+    """What a full-size decode, centre crop and LANCZOS resize give."""
+    with Image.open(io.BytesIO(data)) as image:
+        rgb = image.convert("RGB")
+    side = min(rgb.size)
+    left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
+    return np.asarray(rgb.resize((size, size), Image.Resampling.LANCZOS, box=(left, top, left + side, top + side)))
+
+
+def psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b) ** 2)
+    return 10 * np.log10(255 ** 2 / mse) if mse else np.inf
+
+
+@pytest.mark.parametrize("width, height, size, decoded", [
+    (500, 375, 128, (141, 188)),  # 3/8: the smallest eighth that keeps 128 px on the short side
+    (2048, 2048, 64, (256, 256)),  # 1/8
+    (100, 60, 64, (60, 100)),  # smaller than the target: full size, then upscaled
+])
+def test_jpeg_decoded_at_the_smallest_sufficient_dct_scale(monkeypatch, width, height, size, decoded):
+    decoded_shapes = []
+    original = simplejpeg.decode_jpeg
+
+    def recording_decode(*args, **kwargs):
+        pixels = original(*args, **kwargs)
+        decoded_shapes.append(pixels.shape[:2])
+        return pixels
+
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", recording_decode)
+    data = encode(smooth_photo(width, height), "JPEG", quality=95)
+    pixels = decode_image(data, size, MAX_PIXELS)
+    assert decoded_shapes == [decoded]
+    assert pixels.shape == (size, size, 3)
+    assert psnr(pixels, full_decode_reference(data, size)) > 45
+
+
+def test_jpeg_that_libjpeg_turbo_refuses_goes_to_pillow(monkeypatch):
+    def refusing_decode(*args, **kwargs):
+        raise ValueError("Corrupt JPEG data: 2 extraneous bytes before marker 0xd9")
+
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", refusing_decode)
+    data = encode(smooth_photo(300, 200), "JPEG", quality=95)
+    assert psnr(decode_image(data, 64, MAX_PIXELS), full_decode_reference(data, 64)) > 45
+    with pytest.raises(RejectedImage, match="cannot decode"):  # Pillow rejects the truncation
+        decode_image(data[: len(data) * 2 // 3], 64, MAX_PIXELS)
+
+
+def test_cmyk_jpeg_is_drafted_by_pillow(monkeypatch):
     drafted_sizes = []
     original_draft = JpegImagePlugin.JpegImageFile.draft
 
@@ -237,7 +292,8 @@ def test_large_jpeg_uses_reduced_dct_decoding(monkeypatch):
         return result
 
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", recording_draft)
-    image = halves(RED, BLUE, size=2048)
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", None)  # must not be called
+    image = halves(RED, BLUE, size=2048).convert("CMYK")
     pixels = decode_image(encode(image, "JPEG", quality=90), 64, MAX_PIXELS)
     assert drafted_sizes == [(256, 256)]
     assert_colour(pixels[32, 4], RED, tolerance=20)

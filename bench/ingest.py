@@ -1,20 +1,21 @@
 """Images per second of the project's ingestion against a plain one-process Pillow loop.
 
-    python bench/ingest.py FOLDER [--size 128] [--repeats 3] [--workers 0]
+    python bench/ingest.py FOLDER [--size 128] [--repeats 5] [--workers 0]
 
 Both go over the same files in the same run, after one untimed pass has read every file
 into the file cache, and alternate so that a busy machine slows both alike; the best of
 the repeats counts. The plain loop opens each file, converts it to RGB, crops the centred
-square and resizes it with the same LANCZOS filter, in one process. The project's figures
-are the wall times of running PrepareImages through luigi in a fresh artifact folder
+square and resizes it with the same LANCZOS filter, in one process. The project's figure
+is the wall time of running PrepareImages through luigi in a fresh artifact folder
 (listing, fingerprinting, decoding in worker processes, duplicates, splits, writing the
-image parts, tables and manifest), and of BuildShards after it (the training shards). The two results
-are compared image by image (PSNR) to show the speed is not bought with quality.
+training shards, tables, mean pixel and manifest). The two results are compared image by
+image (PSNR) to show the speed is not bought with quality.
 """
 import argparse
 import math
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -30,7 +31,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's pipeline, not an installed one
 
-from pipeline import BuildShards  # noqa: E402
+from pipeline import PrepareImages  # noqa: E402
 from pipeline.data import load_array  # noqa: E402
 from pipeline.ingest import usable_cores  # noqa: E402
 from pipeline.sources import list_files  # noqa: E402
@@ -70,22 +71,18 @@ def build(task) -> None:
         raise SystemExit(f"{task.get_task_family()} failed; see the log above")
 
 
-def project_ingestion(folder: str, size: int, workers: int, prepare_laps: list,
-                      shards_laps: list) -> dict[str, np.ndarray]:
-    """Runs PrepareImages, then BuildShards on it; returns the prepared images by path."""
+def project_ingestion(folder: str, size: int, workers: int, laps: list) -> dict[str, np.ndarray]:
+    """Runs PrepareImages; returns the images of its shards by path."""
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as root:
         luigi.configuration.get_config().set("artifacts", "root", root)
         Register.clear_instance_cache()
-        shards = BuildShards(dataset="folder", source=folder, image_size=size, decode_workers=workers)
-        prepared = shards.requires()
-        with lap(prepare_laps):
+        prepared = PrepareImages(dataset="folder", source=folder, image_size=size, decode_workers=workers)
+        with lap(laps):
             build(prepared)
-        with lap(shards_laps):
-            build(shards)
         table = pd.read_csv(prepared.path("images.csv"))
-        arrays = {name: load_array(prepared.path(name)) for name in table["file"].unique()}
-        return {path: arrays[file][row].transpose(1, 2, 0).copy()
-                for path, file, row in zip(table["relative_path"], table["file"], table["row"])}
+        shards = {name: load_array(prepared.path(name)) for name in table["shard"].unique()}
+        return {path: shards[shard][row].transpose(1, 2, 0).copy()
+                for path, shard, row in zip(table["relative_path"], table["shard"], table["row"])}
 
 
 def psnr(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> float:
@@ -98,7 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder")
     parser.add_argument("--size", type=int, default=128, help="target side in pixels")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, default=0, help="decoding processes; 0 = one per usable core")
     args = parser.parse_args()
     folder = os.path.abspath(args.folder)
@@ -106,22 +103,24 @@ def main() -> None:
     for path in paths:  # warm the file cache for both contenders
         Path(folder, path).read_bytes()
 
-    plain_laps, prepare_laps, shards_laps = [], [], []
+    plain_laps, project_laps = [], []
     load_before = os.getloadavg()[0]
     for _ in range(args.repeats):
         with lap(plain_laps):
             plain = plain_loop(folder, paths, args.size)
-        ours = project_ingestion(folder, args.size, args.workers, prepare_laps, shards_laps)
-    to_shards_laps = [(a + b, c + d) for (a, c), (b, d) in zip(prepare_laps, shards_laps)]
+        ours = project_ingestion(folder, args.size, args.workers, project_laps)
 
     print(f"{folder}: {len(paths)} files, {len(ours)} kept, {args.size} px, {usable_cores()} usable cores, "
           f"Pillow {Image.__version__}, load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     print(f"best of {args.repeats} runs                        images/s    ratio   CPU ms/image (all processes)")
     plain_wall = min(wall for wall, _ in plain_laps)
-    for label, laps in (("plain Pillow loop, 1 process", plain_laps), ("PrepareImages", prepare_laps),
-                        ("PrepareImages + BuildShards", to_shards_laps)):
+    for label, laps in (("plain Pillow loop, 1 process", plain_laps), ("PrepareImages, to shards", project_laps)):
         wall, cpu = min(wall for wall, _ in laps), min(cpu for _, cpu in laps)
         print(f"{label:36s} {len(paths) / wall:9.1f} {plain_wall / wall:7.2f}x {1000 * cpu / len(paths):9.2f}")
+    # A shared machine's speed drifts over seconds: each project run against the plain run just before it.
+    paired = sorted(plain_lap[0] / project_lap[0] for plain_lap, project_lap in zip(plain_laps, project_laps))
+    print(f"ratio of each run to the plain run before it: median {statistics.median(paired):.2f}x, "
+          f"range {paired[0]:.2f}x to {paired[-1]:.2f}x")
     print(f"PSNR of the project's images against the plain loop's: {psnr(plain, ours):.1f} dB")
 
 

@@ -1,9 +1,8 @@
-"""Tasks that turn a source collection into resized images and training shards."""
+"""The task that turns a source collection into training shards."""
 import contextlib
 import dataclasses
 
 import luigi
-import luigi.util
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
@@ -13,7 +12,6 @@ from .base import ArtifactTask, log
 from .ingest import DecodeSettings, ingest_folder, usable_cores
 
 SPLITS = ("train", "val", "test")
-PART_SIZE = 4096  # images per file written by PrepareImages
 
 
 def _read_csv(path: str) -> pd.DataFrame:
@@ -26,43 +24,57 @@ def load_array(path: str) -> np.ndarray:
     return np.load(storage.local_path(path), mmap_mode="r", allow_pickle=False)
 
 
-class _ImageParts:
-    """Kept images, buffered per split and written PART_SIZE at a time to images/<split>-NNNNN.npy."""
+class _Shards:
+    """Kept images gathered per split and written shard_size at a time to shards/<split>-NNNNN.npy.
 
-    def __init__(self, task: ArtifactTask):
+    Each image is copied into its split's buffer as it arrives from the decoding workers,
+    so a shard is written from there without another copy, while the workers go on decoding.
+    """
+
+    def __init__(self, task: ArtifactTask, shard_size: int, image_shape: tuple[int, ...]):
         self.task = task
-        self.buffers: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
-        self.written = {split: 0 for split in SPLITS}
+        self.buffers = {split: np.empty((shard_size, *image_shape), dtype=np.uint8) for split in SPLITS}
+        self.filled = dict.fromkeys(SPLITS, 0)
+        self.written = dict.fromkeys(SPLITS, 0)
+        self.train_channel_sums = np.zeros(image_shape[0], dtype=np.uint64)  # exact, for the mean pixel
+        self.train_pixels = 0
 
     def add(self, split: str, image: np.ndarray) -> tuple[str, int]:
-        """(file, row) where the image will be."""
-        place = (self._name(split), len(self.buffers[split]))
-        self.buffers[split].append(image)
-        if len(self.buffers[split]) == PART_SIZE:
-            self._flush(split)
+        """(shard, row) where the image will be."""
+        place = (self._name(split), self.filled[split])
+        self.buffers[split][self.filled[split]] = image
+        self.filled[split] += 1
+        if self.filled[split] == len(self.buffers[split]):
+            self.flush(split)
         return place
 
-    def flush_all(self) -> None:
-        for split in SPLITS:
-            if self.buffers[split]:
-                self._flush(split)
+    def flush(self, split: str) -> None:
+        """Write the split's images not yet written, if any, as a shard."""
+        if not self.filled[split]:
+            return
+        images = self.buffers[split][:self.filled[split]]
+        with self.task.open_write(self._name(split)) as file:
+            np.save(file, images, allow_pickle=False)
+        if split == "train":
+            self.train_channel_sums += images.sum(axis=(0, 2, 3), dtype=np.uint64)
+            self.train_pixels += images.shape[0] * images.shape[2] * images.shape[3]
+        self.filled[split] = 0
+        self.written[split] += 1
 
     def _name(self, split: str) -> str:
-        return f"images/{split}-{self.written[split]:05d}.npy"
-
-    def _flush(self, split: str) -> None:
-        with self.task.open_write(self._name(split)) as file:
-            np.save(file, np.stack(self.buffers[split]), allow_pickle=False)
-        self.buffers[split].clear()
-        self.written[split] += 1
+        return f"shards/{split}-{self.written[split]:05d}.npy"
 
 
 class PrepareImages(ArtifactTask):
-    """Decode, convert to RGB, centre-crop and resize every source image on all cores.
+    """Decode, convert to RGB, centre-crop and resize every source image on all cores, into
+    uint8 N x 3 x H x W shards per split, with a table of the images and the train mean pixel.
 
-    Each file is kept or rejected with a reason (rejected.csv); byte-identical duplicates
-    are kept once. Splits follow the dataset's official partition where it has one, else
-    a hash of the file's path, so adding files never moves earlier ones.
+    Each file is kept or rejected with a reason (rejected.csv). Splits follow the dataset's
+    official partition where it has one, else a hash of the file's path, so adding files
+    never moves earlier ones. Byte-identical duplicates are kept once: in train if a copy
+    is there, else val, else test, and within a split the first in path order. Shards hold
+    their split's images in path order: training draws random rows from all of them, so no
+    shuffled copy is needed.
     """
 
     dataset = luigi.ChoiceParameter(default="sample", choices=sources.DATASETS,
@@ -82,6 +94,7 @@ class PrepareImages(ArtifactTask):
                                                      "instead of upscaling them")
     max_pixels = luigi.IntParameter(default=200_000_000, description="Reject source images with more pixels")
     max_rejected_fraction = luigi.FloatParameter(default=0.5, description="Fail if more of the files are rejected")
+    shard_size = luigi.IntParameter(default=1024, description="Images per shard file")
     decode_workers = luigi.IntParameter(default=0, significant=False,
                                         description="Decoding processes; 0 = one per usable core")
 
@@ -96,6 +109,8 @@ class PrepareImages(ArtifactTask):
             raise ValueError(f"max_rejected_fraction must lie in [0, 1], got {self.max_rejected_fraction}")
         if self.decode_workers < 0:
             raise ValueError(f"decode_workers must be >= 0 (0 = all cores), got {self.decode_workers}")
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
 
     def source_fingerprint(self) -> str | None:
         # A user's folder can gain or lose files under the same path, and a mirror can serve
@@ -111,26 +126,34 @@ class PrepareImages(ArtifactTask):
         if not paths:
             raise ValueError(f"no files found in {source.folder}")
         official_split = (source.official_split or {}) if self.official_split else {}
-        kept_rows, rejected_rows, seen = [], [], {}
-        parts = _ImageParts(self)
+        split_of = {path: official_split.get(path) or sources.hash_split(path, self.val_fraction, self.test_fraction)
+                    for path in paths}
+        # Split by split, so that a split's last shard is written while the workers go on
+        # decoding the next split rather than after the last file.
+        paths = sorted(paths, key=lambda path: (SPLITS.index(split_of[path]), path))
+        kept_rows, rejected_rows, seen, previous_split = [], [], {}, None
+        shards = _Shards(self, self.shard_size, (3, self.image_size, self.image_size))
         decoded = ingest_folder(source.folder, paths, self.decode_settings, self.decode_workers or usable_cores())
         with contextlib.closing(decoded):  # stops the workers at once if anything here fails
             for count, item in enumerate(tqdm(decoded, total=len(paths), desc="PrepareImages", unit="img"), 1):
+                split = split_of[item.relative_path]
+                if previous_split not in (None, split):
+                    shards.flush(previous_split)
+                previous_split = split
                 if item.image is None:
                     rejected_rows.append((item.relative_path, item.reason))
                 elif item.sha256 in seen:
                     rejected_rows.append((item.relative_path, f"duplicate: same bytes as {seen[item.sha256]}"))
                 else:
                     seen[item.sha256] = item.relative_path
-                    split = official_split.get(item.relative_path) or sources.hash_split(
-                        item.relative_path, self.val_fraction, self.test_fraction)
-                    kept_rows.append((item.relative_path, split, *parts.add(split, item.image), item.sha256))
+                    kept_rows.append((item.relative_path, split, *shards.add(split, item.image), item.sha256))
                 if count % 256 == 0 or count == len(paths):
                     self.report_progress(count / len(paths), f"decoded {count}/{len(paths)} files")
-        parts.flush_all()
+        for split in SPLITS:
+            shards.flush(split)
 
         with self.open_write("images.csv") as file:
-            pd.DataFrame(kept_rows, columns=["relative_path", "split", "file", "row", "sha256"]).to_csv(file, index=False)
+            pd.DataFrame(kept_rows, columns=["relative_path", "split", "shard", "row", "sha256"]).to_csv(file, index=False)
         rejected = pd.DataFrame(rejected_rows, columns=["relative_path", "reason"])
         with self.open_write("rejected.csv") as file:
             rejected.to_csv(file, index=False)
@@ -142,60 +165,22 @@ class PrepareImages(ArtifactTask):
         if rejected_share > self.max_rejected_fraction:
             raise RuntimeError(f"{len(rejected_rows)} of {len(paths)} files rejected ({rejected_share:.0%}), above "
                                f"max_rejected_fraction={self.max_rejected_fraction}; see {self.path('rejected.csv')}")
+        if not shards.train_pixels:
+            raise RuntimeError("the train split is empty; add images or lower val_fraction/test_fraction")
+        mean_pixel = (shards.train_channel_sums / shards.train_pixels / 255).tolist()
+        self.write_json("mean_pixel.json", {"mean_pixel": mean_pixel, "range": "[0, 1], RGB"})
         counts = pd.Series([row[1] for row in kept_rows]).value_counts().to_dict()
         log.info("PrepareImages: kept %d, rejected %d of %d files", len(kept_rows), len(rejected_rows), len(paths))
         return {"source_folder": source.folder, "files": len(paths), "kept": len(kept_rows),
                 "rejected": len(rejected_rows),
                 "rejected_by_kind": rejected["reason"].str.split(":").str[0].value_counts().to_dict(),
                 "split": "official" if official_split else "path hash",
-                "split_counts": {s: counts.get(s, 0) for s in SPLITS}}
-
-
-@luigi.util.requires(PrepareImages)
-class BuildShards(ArtifactTask):
-    """uint8 N x 3 x H x W shards per split (train shuffled), an index table and the train mean pixel."""
-
-    shard_size = luigi.IntParameter(default=1024, description="Images per shard file")
-    shuffle_seed = luigi.IntParameter(default=0, description="Seed of the train split's shard order")
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
-
-    def build(self):
-        prepared = self.requires()
-        table = _read_csv(prepared.path("images.csv"))
-        arrays = {name: load_array(prepared.path(name)) for name in table["file"].unique()}
-        index_rows, channel_sum, train_pixels = [], np.zeros(3), 0
-        for split in SPLITS:
-            rows = table[table["split"] == split].sort_values("relative_path")
-            if split == "train":
-                rows = rows.sample(frac=1, random_state=self.shuffle_seed)
-            for shard, start in enumerate(range(0, len(rows), self.shard_size)):
-                chunk = rows.iloc[start:start + self.shard_size]
-                images = np.stack([arrays[file][row] for file, row in zip(chunk["file"], chunk["row"])])
-                name = f"shards/{split}-{shard:05d}.npy"
-                with self.open_write(name) as file:
-                    np.save(file, images, allow_pickle=False)
-                index_rows += [(split, name, i, path) for i, path in enumerate(chunk["relative_path"])]
-                if split == "train":
-                    channel_sum += images.sum(axis=(0, 2, 3), dtype=np.float64)
-                    train_pixels += images.shape[0] * images.shape[2] * images.shape[3]
-            self.report_progress((SPLITS.index(split) + 1) / len(SPLITS), f"wrote {split} shards")
-        if train_pixels == 0:
-            raise RuntimeError("the train split is empty; add images or lower val_fraction/test_fraction")
-        with self.open_write("index.csv") as file:
-            pd.DataFrame(index_rows, columns=["split", "shard", "row", "relative_path"]).to_csv(file, index=False)
-        mean_pixel = (channel_sum / train_pixels / 255).tolist()
-        self.write_json("mean_pixel.json", {"mean_pixel": mean_pixel, "range": "[0, 1], RGB"})
-        counts = pd.Series([row[0] for row in index_rows]).value_counts().to_dict()
-        return {"mean_pixel": mean_pixel, "split_counts": {s: counts.get(s, 0) for s in SPLITS}}
+                "split_counts": {s: counts.get(s, 0) for s in SPLITS}, "mean_pixel": mean_pixel}
 
     def split_paths(self, split: str) -> list[str]:
         """The shard files of one split, in shard order."""
-        index = _read_csv(self.path("index.csv"))
-        return [self.path(name) for name in sorted(index.loc[index["split"] == split, "shard"].unique())]
+        table = _read_csv(self.path("images.csv"))
+        return [self.path(name) for name in sorted(table.loc[table["split"] == split, "shard"].unique())]
 
     def split_arrays(self, split: str) -> list[np.ndarray]:
         """The memory-mapped shards of one split, in shard order."""

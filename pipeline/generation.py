@@ -15,7 +15,7 @@ from ganmodels.monitoring import animated_gif, grid_png, latent_walk, loss_curve
 from . import storage
 from .base import ArtifactTask, log
 from .checkpoints import FINAL_STATE, latest_checkpoint, list_checkpoints, load_state
-from .data import BuildShards
+from .data import PrepareImages
 from .distributed import TrainingJob, TrainingProcesses
 from .trainers import SNAPSHOT_DIRECTORY
 
@@ -37,7 +37,7 @@ class CollapseStopped(RuntimeError):
     """The collapse watch ended the run (on_collapse=stop)."""
 
 
-@luigi.util.requires(BuildShards)
+@luigi.util.requires(PrepareImages)
 class TrainDCGAN(TrainingProcesses, ArtifactTask):
     """The end task of the generation branch: a DCGAN trained on the train split, with its progress.
 

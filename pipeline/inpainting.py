@@ -18,11 +18,11 @@ from ganmodels.training import load_completion
 from . import storage
 from .base import ArtifactTask, log
 from .checkpoints import FINAL_STATE, latest_checkpoint, load_state
-from .data import BuildShards
+from .data import PrepareImages
 from .distributed import TrainingJob, TrainingProcesses
 
 
-@luigi.util.inherits(BuildShards)
+@luigi.util.inherits(PrepareImages)
 class PretrainCompletion(TrainingProcesses, ArtifactTask):
     """Phase 1: the completion network learns to fill holes under MSE inside the hole."""
 
@@ -75,7 +75,7 @@ class PretrainCompletion(TrainingProcesses, ArtifactTask):
         return {"steps": self.phase1_steps}
 
     def requires(self):
-        return {"shards": self.clone(BuildShards)}
+        return {"shards": self.clone(PrepareImages)}
 
     def resolved_config(self) -> dict:
         return {"model": self.model_config.to_dict(), "mask": self.mask_config.to_dict(),
@@ -122,7 +122,7 @@ class PretrainDiscriminator(PretrainCompletion):
         return {"steps": self.phase2_steps}
 
     def requires(self):
-        return {"shards": self.clone(BuildShards), "previous": self.clone(PretrainCompletion)}
+        return {"shards": self.clone(PrepareImages), "previous": self.clone(PretrainCompletion)}
 
 
 class TrainJoint(PretrainDiscriminator):
@@ -144,7 +144,7 @@ class TrainJoint(PretrainDiscriminator):
                 "collapse_window": self.collapse_window, "collapse_d_loss_floor": self.collapse_d_loss_floor}
 
     def requires(self):
-        return {"shards": self.clone(BuildShards), "previous": self.clone(PretrainDiscriminator)}
+        return {"shards": self.clone(PrepareImages), "previous": self.clone(PretrainDiscriminator)}
 
 
 PHASE_TASKS = {1: PretrainCompletion, 2: PretrainDiscriminator, 3: TrainJoint}
@@ -171,7 +171,7 @@ class RenderEvalGrid(EvaluationParameters, ArtifactTask):
     phase = luigi.ChoiceParameter(default=3, choices=(1, 2, 3), var_type=int)
 
     def requires(self):
-        return {"shards": self.clone(BuildShards), "model": self.clone(PHASE_TASKS[self.phase])}
+        return {"shards": self.clone(PrepareImages), "model": self.clone(PHASE_TASKS[self.phase])}
 
     def build(self):
         shards, model_task = self.requires()["shards"], self.requires()["model"]
@@ -210,7 +210,7 @@ class EvaluateInpainter(EvaluationParameters, ArtifactTask):
     """
 
     def requires(self):
-        return {"shards": self.clone(BuildShards), "model": self.clone(TrainJoint)}
+        return {"shards": self.clone(PrepareImages), "model": self.clone(TrainJoint)}
 
     def build(self):
         shards, model_task = self.requires()["shards"], self.requires()["model"]

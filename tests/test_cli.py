@@ -14,7 +14,7 @@ from pipeline import storage
 from pipeline.cli import main, poisson_blend
 from tests.conftest import REPO_ROOT
 
-RUN_COUNT = 10  # the TINY TrainInpainter chain: 7 task families, RenderEvalGrid three times
+RUN_COUNT = 9  # the TINY TrainInpainter chain: 6 task families, RenderEvalGrid three times
 INCOMPLETE = "PretrainCompletion-0123456789"
 
 

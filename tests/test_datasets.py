@@ -102,8 +102,8 @@ def test_digits_fetched_over_http_become_greyscale_rgb_with_a_val_split(artifact
                       "test/00000.png": "test", "test/00001.png": "test"}
     assert (summary["kept"], summary["rejected"], summary["split"]) == (8, 0, "official")
     table = pd.read_csv(task.path("images.csv")).set_index("relative_path")
-    file, row = table.loc["train/00003.png", ["file", "row"]]
-    image = np.load(task.path(file))[row]
+    shard, row = table.loc["train/00003.png", ["shard", "row"]]
+    image = np.load(task.path(shard))[row]
     assert image.shape == (3, 32, 32)  # 28 px digits are upscaled, like any image below image_size
     assert np.array_equal(image[0], image[1]) and np.array_equal(image[0], image[2])
     expected = np.asarray(Image.fromarray(train[3]).resize((32, 32), Image.Resampling.LANCZOS))

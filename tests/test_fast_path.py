@@ -22,7 +22,7 @@ MEAN = torch.tensor([0.5, 0.4, 0.3])
 
 @pytest.fixture
 def shards(tmp_path):
-    """Two memory-mapped uint8 shards, as BuildShards leaves them."""
+    """Two memory-mapped uint8 shards, as PrepareImages leaves them."""
     rng = np.random.default_rng(0)
     arrays = []
     for index, count in enumerate((7, 5)):

@@ -11,6 +11,7 @@ from PIL import Image
 import pipeline
 from pipeline import storage
 from pipeline.base import ArtifactTask
+from pipeline.imagefiles import decode_image
 from tests.conftest import TINY, cli_args, kill_after_first_checkpoint, make_images, resumed_steps, run_luigi, write_config
 
 
@@ -21,7 +22,7 @@ def _build(**params):
 
 
 def _shards(task):
-    return next(t for t in _all_tasks(task) if t.get_task_family() == "BuildShards")
+    return next(t for t in _all_tasks(task) if t.get_task_family() == "PrepareImages")
 
 
 def _all_tasks(task):
@@ -36,9 +37,9 @@ def test_chain_end_to_end_writes_grids_metrics_and_manifests(artifact_root, imag
     assert result.scheduling_succeeded and task.complete()
     tasks = _all_tasks(task)
     assert {t.get_task_family() for t in tasks} == {
-        "PrepareImages", "BuildShards", "PretrainCompletion", "PretrainDiscriminator", "TrainJoint",
+        "PrepareImages", "PretrainCompletion", "PretrainDiscriminator", "TrainJoint",
         "RenderEvalGrid", "EvaluateInpainter", "TrainInpainter"}
-    assert len({t.directory for t in tasks}) == len(tasks) == 10  # three grids, one per phase
+    assert len({t.directory for t in tasks}) == len(tasks) == 9  # three grids, one per phase
 
     for t in tasks:
         manifest = storage.read_json(t.path("manifest.json"))
@@ -78,7 +79,7 @@ def test_a_parameter_change_makes_new_directories_downstream_only(artifact_root,
     families = lambda task: {t.get_task_family() + (str(getattr(t, "phase", "")) if t.get_task_family() == "RenderEvalGrid" else ""): t.directory
                              for t in _all_tasks(task)}
     before, after = families(first), families(second)
-    unchanged = {"PrepareImages", "BuildShards", "PretrainCompletion", "PretrainDiscriminator"}
+    unchanged = {"PrepareImages", "PretrainCompletion", "PretrainDiscriminator"}
     for family in before:
         if family in unchanged:
             assert before[family] == after[family], family
@@ -118,12 +119,22 @@ def test_rejected_files_are_listed_with_a_reason(artifact_root, tmp_path):
     assert (summary["kept"], summary["rejected"]) == (20, 2)
 
 
-def test_shards_hold_every_kept_image_and_the_train_mean(artifact_root, image_folder):
-    shards = pipeline.BuildShards(dataset="folder", source=image_folder, image_size=16, shard_size=7, decode_workers=1)
+def test_shards_hold_every_kept_image_in_path_order_and_the_train_mean(artifact_root, image_folder):
+    shards = pipeline.PrepareImages(dataset="folder", source=image_folder, image_size=16, shard_size=7, decode_workers=2)
     assert luigi.build([shards], local_scheduler=True, log_level="WARNING")
     arrays = {split: shards.split_arrays(split) for split in ("train", "val", "test")}
-    assert sum(len(a) for split in arrays.values() for a in split) == 60
-    assert all(a.dtype == np.uint8 and a.shape[1:] == (3, 16, 16) and len(a) <= 7 for s in arrays.values() for a in s)
+    assert all(a.dtype == np.uint8 and a.shape[1:] == (3, 16, 16) for s in arrays.values() for a in s)
+    assert all(len(a) == 7 for s in arrays.values() for a in s[:-1])  # only a split's last shard is short
+    table = pd.read_csv(shards.path("images.csv"))
+    assert len(table) == sum(len(a) for split in arrays.values() for a in split) == 60
+    for split, rows in table.groupby("split", sort=False):
+        assert list(rows["relative_path"]) == sorted(rows["relative_path"])
+        stored = np.concatenate(arrays[split])
+        for position, (path, shard, row) in enumerate(zip(rows["relative_path"], rows["shard"], rows["row"])):
+            assert shards.path(shard) == shards.split_paths(split)[position // 7] and row == position % 7
+            with open(os.path.join(image_folder, path), "rb") as file:
+                expected = decode_image(file.read(), 16, 10**8).transpose(2, 0, 1)
+            assert np.array_equal(stored[position], expected), path
     train = np.concatenate(arrays["train"])
     assert np.allclose(shards.mean_pixel(), train.mean(axis=(0, 2, 3)) / 255)
 

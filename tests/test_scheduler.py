@@ -16,7 +16,7 @@ from tests.conftest import TINY, cli_args, make_images, write_config
 from tests.services import (BUCKET, CREDENTIALS, TEST_ENV, Luigid, alive, config_values, end_group,
                             kill_hard, run_luigi, s3_config, s3_key, s3_keys, start_luigi)
 
-CHAIN_TASKS = 10  # PrepareImages, BuildShards, three phases, three grids, evaluation, TrainInpainter
+CHAIN_TASKS = 9  # PrepareImages, three phases, three grids, evaluation, TrainInpainter
 
 
 def test_two_workers_on_one_scheduler_run_the_chain_on_s3_each_task_once(moto, tmp_path):

@@ -2,6 +2,7 @@
 a local HTTP server, CelebA and Painter by Numbers from archives "downloaded by hand", and a
 folder of broken and awkward files."""
 import io
+import multiprocessing
 import os
 import re
 from collections import Counter
@@ -14,7 +15,8 @@ import pytest
 from luigi.task_register import Register
 from PIL import Image
 
-from pipeline import PrepareImages, sources, storage
+from pipeline import PrepareImages, ingest, sources, storage
+from pipeline.imagefiles import decode_image
 from pipeline.ingest import DecodeSettings, ingest_folder
 from tests.test_downloads import mat_bytes, md5_of, serve_digits, tar_gz, zip_bytes
 from tests.test_imagefiles import KEPT, REJECTION_REASONS, awkward_files, png_header_only
@@ -218,3 +220,45 @@ def test_rejections_fail_the_task_above_the_threshold_or_when_nothing_is_left(ar
     else:
         assert re.search(message, failure(task, caplog))
     assert len(pd.read_csv(task.path("rejected.csv"))) == broken
+
+
+def folder_of_good_and_bad_files(folder, count):
+    """count files, every third one not an image; the good ones' expected pixels by name."""
+    folder.mkdir()
+    expected = {}
+    for number in range(count):
+        name = f"file-{number:02d}.jpg"
+        if number % 3 == 2:
+            (folder / name).write_text("not a picture")
+            continue
+        data = jpeg_bytes(number, size=(30 + number, 20))
+        (folder / name).write_bytes(data)
+        expected[name] = decode_image(data, 16, 10_000_000).transpose(2, 0, 1)
+    return sorted(os.listdir(folder)), expected
+
+
+def assert_ingested(results, paths, expected):
+    assert [result.relative_path for result in results] == paths
+    for result in results:
+        if result.relative_path in expected:
+            assert not result.reason
+            np.testing.assert_array_equal(result.image, expected[result.relative_path])
+        else:
+            assert result.image is None and result.reason.startswith("not an image"), result
+
+
+def test_results_keep_their_order_and_pixels_when_the_shared_slots_are_reused(tmp_path, monkeypatch):
+    # Two blocks of two slots for eleven files: every block is written over several times.
+    monkeypatch.setattr(ingest, "CHUNK_SIZE", 2)
+    monkeypatch.setattr(ingest, "CHUNKS_IN_FLIGHT_PER_WORKER", 1)
+    paths, expected = folder_of_good_and_bad_files(tmp_path / "files", 11)
+    results = list(ingest_folder(str(tmp_path / "files"), paths, DecodeSettings(16, 10_000_000), workers=2))
+    assert_ingested(results, paths, expected)
+
+
+def test_spawned_workers_where_there_is_no_fork(tmp_path, monkeypatch):
+    # Windows has no fork: the shared slots must then be inherited by spawned workers.
+    monkeypatch.setattr(ingest, "_pool_context", lambda: multiprocessing.get_context("spawn"))
+    paths, expected = folder_of_good_and_bad_files(tmp_path / "files", 5)
+    results = list(ingest_folder(str(tmp_path / "files"), paths, DecodeSettings(16, 10_000_000), workers=1))
+    assert_ingested(results, paths, expected)

@@ -1,6 +1,5 @@
 """Inpainting quality measures, per image, on images in [0, 1]."""
 import torch
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 
 def _hole_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -21,6 +20,10 @@ def hole_psnr(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor)
 
 def ssim(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Structural similarity of each whole image."""
+    # Imported here: torchmetrics loads scipy.signal, about 1 s for every process that
+    # imports the pipeline, while only evaluation needs it.
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return structural_similarity_index_measure(predicted, target, data_range=1.0, reduction="none")
 
 

@@ -12,8 +12,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor, nn
-from torchvision.transforms.functional import to_pil_image
-from torchvision.utils import make_grid
+
+# torchvision is imported where it is used: its import loads torch._dynamo, about 1.5 s
+# for every process that imports this module.
 
 FRAMES_PER_GENERATOR_CALL = 64
 
@@ -76,6 +77,9 @@ def _to_uint8(images: Tensor) -> Tensor:
 
 def image_grid(images: Tensor, nrow: int) -> Image.Image:
     """Images (N, C, H, W) in [-1, 1] tiled nrow per row on a black 2 px border."""
+    from torchvision.transforms.functional import to_pil_image
+    from torchvision.utils import make_grid
+
     return to_pil_image(make_grid(_to_uint8(images), nrow=nrow))
 
 
@@ -137,6 +141,8 @@ def latent_walk(generator: nn.Module, n_keyframes: int, steps_between: int, late
                             for chunk in latents.split(FRAMES_PER_GENERATOR_CALL)])
     finally:
         generator.train(was_training)
+    from torchvision.transforms.functional import to_pil_image
+
     return [to_pil_image(image) for image in _to_uint8(images)]
 
 

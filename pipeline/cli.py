@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, ImageOps
-from torchvision.utils import make_grid, save_image
 
 from ganmodels.dcgan_training import generator_from_state
 from ganmodels.distributed import resolve_device
@@ -352,6 +351,8 @@ def cmd_sample(args) -> None:
         latents = torch.randn(args.n, generator.latent_size, generator=rng)
     images = generate(generator, latents.to(device)).cpu()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    from torchvision.utils import make_grid, save_image  # here: its import takes seconds (torch._dynamo)
+
     save_image(make_grid(images, nrow=args.per_row, padding=2, pad_value=1.0), args.out)
     print(args.out)
 

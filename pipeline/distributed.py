@@ -37,8 +37,8 @@ log = logging.getLogger("luigi-interface")
 
 COMMAND = "gan-pipeline-distributed"  # this module's main() as installed by setup.py
 # How children start main(): with `pipeline` bound to a bare package over this folder, so
-# that they import only what training needs and not every task module (torchvision,
-# torchmetrics: seconds per process); and not with `python -m`, which would import this
+# that they import only what training needs and not every task module (OpenCV, pandas,
+# matplotlib); and not with `python -m`, which would import this
 # module a second time, as __main__, after the package's own import of it.
 _BOOTSTRAP = ("import sys, types; package = types.ModuleType('pipeline'); package.__path__ = [{folder!r}]; "
               "sys.modules['pipeline'] = package; from pipeline.distributed import main; main()")

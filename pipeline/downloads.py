@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from torchvision.datasets.mnist import read_image_file
-from torchvision.datasets.utils import calculate_md5, check_integrity, extract_archive
 
 from pipeline.archives import safe_extract
+
+# torchvision is imported where it is used: its import loads torch._dynamo, about 1.5 s
+# for every process that imports the pipeline.
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +164,9 @@ def digits_split(files) -> dict[str, str]:
 
 def _read_idx_images(archive: Path) -> np.ndarray:
     """The (N, H, W) uint8 images of a gzipped IDX file, read with torchvision's MNIST reader."""
+    from torchvision.datasets.mnist import read_image_file
+    from torchvision.datasets.utils import extract_archive
+
     with tempfile.TemporaryDirectory(prefix=".idx-", dir=archive.parent) as scratch:
         try:
             images = read_image_file(extract_archive(str(archive), scratch)).numpy()
@@ -230,6 +234,8 @@ def fetch_paintings(dest_dir, source=None, parts=(1,), competition: str = "paint
 def _keep_if_verified(path: Path, md5: str) -> bool:
     """Whether path already holds the expected file; a wrong one is deleted so that it
     is never taken for a complete download."""
+    from torchvision.datasets.utils import check_integrity
+
     if check_integrity(path, md5):
         logger.info("%s is present and verified; not fetching it again", path)
         return True
@@ -274,6 +280,8 @@ def _stream_to_file(url: str, path: Path) -> None:
 
 
 def _require_md5(path: Path, md5: str, described_as: str, remedy: str) -> None:
+    from torchvision.datasets.utils import calculate_md5
+
     actual = calculate_md5(path)
     if actual != md5:
         raise DownloadError(f"{described_as} has md5 {actual}, expected {md5}: it is corrupt, "

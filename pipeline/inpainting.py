@@ -5,7 +5,6 @@ import luigi.util
 import numpy as np
 import pandas as pd
 import torch
-from torchvision.utils import make_grid, save_image
 
 from ganmodels.config import ARCHITECTURES, COLLAPSE_ACTIONS, MaskConfig, ModelConfig, PhaseConfig
 from ganmodels.data import to_float
@@ -183,6 +182,8 @@ class RenderEvalGrid(EvaluationParameters, ArtifactTask):
         with torch.no_grad():
             completed = complete(completion, images, mask, mean_pixel)
         rows = torch.stack([fill_holes(images, mask, mean_pixel), completed, images], dim=1).flatten(0, 1)
+        from torchvision.utils import make_grid, save_image  # here: its import takes seconds (torch._dynamo)
+
         with self.open_write("grid.png") as file:
             save_image(make_grid(rows, nrow=3, padding=2, pad_value=1.0), file, format="png")
         return {"phase": self.phase, "images": len(images)}

@@ -8,6 +8,7 @@ import pytest
 import simplejpeg
 from PIL import Image, JpegImagePlugin
 
+from pipeline import imagefiles
 from pipeline.imagefiles import RejectedImage, content_hash, decode_image
 
 IMAGE_SIZE = 32
@@ -204,6 +205,17 @@ def test_animated_gives_first_frame(awkward_folder, name):
     assert_colour(decode_file(awkward_folder, name)[16, 16], RED, tolerance=0)
 
 
+@pytest.fixture(params=["simd", "pillow"])
+def resizer(request, monkeypatch):
+    """The test runs with the SIMD Lanczos resizer (where it is installed) and with Pillow's alone."""
+    if request.param == "pillow":
+        monkeypatch.setattr(imagefiles, "_SIMD_RESIZER", None)
+    elif imagefiles._SIMD_RESIZER is None:
+        pytest.skip("cykooz-resizer is not installed on this platform")
+    return request.param
+
+
+@pytest.mark.usefixtures("resizer")
 def test_small_images_upscaled_unless_rejected(awkward_folder):
     assert_colour(decode_file(awkward_folder, "tiny.png")[16, 16], GREEN, tolerance=0)
     with pytest.raises(RejectedImage, match="too small: 8x8"):
@@ -211,6 +223,7 @@ def test_small_images_upscaled_unless_rejected(awkward_folder):
     assert decode_file(awkward_folder, "cmyk.jpg", reject_smaller=True).shape == (32, 32, 3)
 
 
+@pytest.mark.usefixtures("resizer")
 def test_centre_crop_of_wide_image():
     wide = Image.new("RGB", (96, 32), RED)
     wide.paste(GREEN, (32, 0, 64, 32))
@@ -222,9 +235,11 @@ def test_centre_crop_of_wide_image():
     assert_colour(pixels[8, 15], GREEN, tolerance=20)
 
 
-def test_downscaling_is_antialiased():
+@pytest.mark.usefixtures("resizer")
+@pytest.mark.parametrize("size", [32, 64])  # 8x goes through Pillow's box reduction first, 4x does not
+def test_downscaling_is_antialiased(size):
     checkerboard = (np.indices((256, 256)).sum(axis=0) % 2 * 255).astype(np.uint8)
-    pixels = decode_image(encode(Image.fromarray(checkerboard), "PNG"), 32, MAX_PIXELS)
+    pixels = decode_image(encode(Image.fromarray(checkerboard), "PNG"), size, MAX_PIXELS)
     assert np.abs(pixels.astype(int) - 127).max() <= 3
 
 
@@ -249,6 +264,7 @@ def psnr(a, b):
     return 10 * np.log10(255 ** 2 / mse) if mse else np.inf
 
 
+@pytest.mark.usefixtures("resizer")
 @pytest.mark.parametrize("width, height, size, decoded", [
     (500, 375, 128, (141, 188)),  # 3/8: the smallest eighth that keeps 128 px on the short side
     (2048, 2048, 64, (256, 256)),  # 1/8
@@ -271,6 +287,7 @@ def test_jpeg_decoded_at_the_smallest_sufficient_dct_scale(monkeypatch, width, h
     assert psnr(pixels, full_decode_reference(data, size)) > 45
 
 
+@pytest.mark.usefixtures("resizer")
 def test_jpeg_that_libjpeg_turbo_refuses_goes_to_pillow(monkeypatch):
     def refusing_decode(*args, **kwargs):
         raise ValueError("Corrupt JPEG data: 2 extraneous bytes before marker 0xd9")
@@ -280,6 +297,37 @@ def test_jpeg_that_libjpeg_turbo_refuses_goes_to_pillow(monkeypatch):
     assert psnr(decode_image(data, 64, MAX_PIXELS), full_decode_reference(data, 64)) > 45
     with pytest.raises(RejectedImage, match="cannot decode"):  # Pillow rejects the truncation
         decode_image(data[: len(data) * 2 // 3], 64, MAX_PIXELS)
+
+
+def test_the_simd_resizer_takes_all_but_reductions_beyond_the_reducing_gap(monkeypatch):
+    if imagefiles._SIMD_RESIZER is None:
+        pytest.skip("cykooz-resizer is not installed on this platform")
+    pillow_resizes = []
+    original_resize = Image.Image.resize
+
+    def recording_resize(self, size, *args, **kwargs):
+        pillow_resizes.append((self.size, size))
+        return original_resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", recording_resize)
+    photo = smooth_photo(500, 375)
+    decode_image(encode(photo, "JPEG", quality=95), 128, MAX_PIXELS)  # decoded at 3/8, then 1.1x
+    decode_image(encode(photo, "PNG"), 128, MAX_PIXELS)  # 2.9x
+    assert pillow_resizes == []
+    decode_image(encode(smooth_photo(2000, 1500), "PNG"), 64, MAX_PIXELS)  # 23x: box reduction first
+    assert pillow_resizes == [((2000, 1500), (64, 64))]
+
+
+@pytest.mark.parametrize("format", ["JPEG", "PNG"])
+def test_the_simd_resizer_gives_what_pillow_gives(monkeypatch, format):
+    if imagefiles._SIMD_RESIZER is None:
+        pytest.skip("cykooz-resizer is not installed on this platform")
+    rng = np.random.default_rng(0)
+    textured = np.asarray(smooth_photo(500, 375)) + rng.normal(0, 12, (375, 500, 3))
+    data = encode(Image.fromarray(np.clip(textured, 0, 255).astype(np.uint8)), format)
+    simd = decode_image(data, 128, MAX_PIXELS)
+    monkeypatch.setattr(imagefiles, "_SIMD_RESIZER", None)
+    assert psnr(simd, decode_image(data, 128, MAX_PIXELS)) > 50
 
 
 def test_cmyk_jpeg_is_drafted_by_pillow(monkeypatch):

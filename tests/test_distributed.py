@@ -82,10 +82,14 @@ def two_gpus_of_resources(artifact_root):
 @pytest.fixture
 def no_cuda_here(monkeypatch):
     """Any CUDA call in this (the luigi worker's) process fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("the luigi worker touched CUDA")
+    def refusal(name):
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"the luigi worker called torch.cuda.{name}")
+        return refuse
+    # One function per name: torch._dynamo, when first imported during the test (through a
+    # lazy torchmetrics import), refuses one object listed under two names with different rules.
     for name in ("is_available", "device_count", "init", "_lazy_init", "current_device", "set_device"):
-        monkeypatch.setattr(torch.cuda, name, refuse)
+        monkeypatch.setattr(torch.cuda, name, refusal(name))
 
 
 def test_two_processes_train_through_torchrun_and_the_checkpoint_evaluates(two_gpus_of_resources, image_folder,

@@ -205,13 +205,17 @@ def test_animated_gives_first_frame(awkward_folder, name):
     assert_colour(decode_file(awkward_folder, name)[16, 16], RED, tolerance=0)
 
 
+SIMD_MISSING = "cykooz-resizer is not installed on this platform"
+needs_simd_resizer = pytest.mark.skipif(imagefiles._SIMD_RESIZER is None, reason=SIMD_MISSING)
+
+
 @pytest.fixture(params=["simd", "pillow"])
 def resizer(request, monkeypatch):
     """The test runs with the SIMD Lanczos resizer (where it is installed) and with Pillow's alone."""
     if request.param == "pillow":
         monkeypatch.setattr(imagefiles, "_SIMD_RESIZER", None)
     elif imagefiles._SIMD_RESIZER is None:
-        pytest.skip("cykooz-resizer is not installed on this platform")
+        pytest.skip(SIMD_MISSING)
     return request.param
 
 
@@ -299,9 +303,8 @@ def test_jpeg_that_libjpeg_turbo_refuses_goes_to_pillow(monkeypatch):
         decode_image(data[: len(data) * 2 // 3], 64, MAX_PIXELS)
 
 
+@needs_simd_resizer
 def test_the_simd_resizer_takes_all_but_reductions_beyond_the_reducing_gap(monkeypatch):
-    if imagefiles._SIMD_RESIZER is None:
-        pytest.skip("cykooz-resizer is not installed on this platform")
     pillow_resizes = []
     original_resize = Image.Image.resize
 
@@ -318,10 +321,9 @@ def test_the_simd_resizer_takes_all_but_reductions_beyond_the_reducing_gap(monke
     assert pillow_resizes == [((2000, 1500), (64, 64))]
 
 
+@needs_simd_resizer
 @pytest.mark.parametrize("format", ["JPEG", "PNG"])
 def test_the_simd_resizer_gives_what_pillow_gives(monkeypatch, format):
-    if imagefiles._SIMD_RESIZER is None:
-        pytest.skip("cykooz-resizer is not installed on this platform")
     rng = np.random.default_rng(0)
     textured = np.asarray(smooth_photo(500, 375)) + rng.normal(0, 12, (375, 500, 3))
     data = encode(Image.fromarray(np.clip(textured, 0, 255).astype(np.uint8)), format)

@@ -2,8 +2,9 @@
 
 A task writes into `<root>/<TaskFamily>-<hash>` where the hash covers its significant
 parameters and the hashes of its upstream tasks, so a change anywhere upstream gives
-new directories and never overwrites an earlier run. Data files are written first and
-`manifest.json` last; a task is complete exactly when its manifest exists.
+new directories and never overwrites an earlier run. A run first marks the directory as
+the pipeline's own, then writes its data files and `manifest.json` last; a task is
+complete exactly when its manifest exists and is intact.
 """
 import datetime
 import hashlib
@@ -11,6 +12,7 @@ import importlib.metadata
 import json
 import logging
 import platform
+import re
 from contextlib import contextmanager
 
 import luigi
@@ -44,16 +46,20 @@ class ArtifactTask(luigi.Task):
         """For tasks that read data outside the pipeline: changes whenever that data changes."""
         return None
 
-    def artifact_hash(self) -> str:
-        if "_artifact_hash" not in self.__dict__:  # parameters are immutable, so compute once
+    def full_hash(self) -> str:
+        """The sha256 of the task's identity; its directory name holds the first digits."""
+        if "_full_hash" not in self.__dict__:  # parameters are immutable, so compute once
             identity = {
                 "family": self.get_task_family(),
                 "params": self.to_str_params(only_significant=True),
                 "upstream": sorted(task.artifact_hash() for task in self.upstream()),
                 "source": self.source_fingerprint(),
             }
-            self._artifact_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-        return self._artifact_hash
+            self._full_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        return self._full_hash
+
+    def artifact_hash(self) -> str:
+        return self.full_hash()[:storage.HASH_LENGTH]
 
     @property
     def directory(self) -> str:
@@ -64,6 +70,14 @@ class ArtifactTask(luigi.Task):
 
     def output(self):
         return storage.target(self.path(MANIFEST))
+
+    def complete(self) -> bool:
+        """A manifest that parses and holds what the pipeline writes; a broken one means run again."""
+        try:
+            return storage.read_manifest(self.directory) is not None
+        except storage.BrokenManifest as error:
+            log.warning("%s: %s", self.get_task_family(), error)
+            return False
 
     def resolved_config(self) -> dict:
         """The validated configuration this task runs with, saved in its manifest."""
@@ -93,6 +107,11 @@ class ArtifactTask(luigi.Task):
     def run(self):
         self._written: dict[str, tuple[int, str]] = {}
         started = datetime.datetime.now(datetime.timezone.utc)
+        storage.write_marker(self.directory, self.get_task_family(), self.full_hash())
+        if not self.complete() and storage.exists(self.path(MANIFEST)):
+            # Broken: it would refuse this run's own reads of its files until it is rewritten at the end.
+            log.warning("%s: removing the broken %s before running again", self.get_task_family(), self.path(MANIFEST))
+            storage.remove(self.path(MANIFEST))
         summary = self.build()
         files = {}
         for name in storage.list_files(self.directory):
@@ -114,4 +133,19 @@ class ArtifactTask(luigi.Task):
             "summary": summary or {},
             "files": files,
         }
-        storage.write_json(self.path(MANIFEST), manifest)
+        storage.write_manifest(self.directory, manifest)
+
+
+def configured(config_class, renamed: dict[str, str], **fields):
+    """config_class(**fields), its ValueError naming the task's parameters rather than the config's fields.
+
+    renamed maps a field name (or phrase) of config_class's messages to the parameter
+    names the user typed, for fields that a task calls otherwise.
+    """
+    try:
+        return config_class(**fields)
+    except ValueError as error:
+        message = str(error)
+        for field, parameter in renamed.items():
+            message = re.sub(rf"\b{re.escape(field)}\b", parameter, message)
+        raise ValueError(message) from None

@@ -1,8 +1,10 @@
-"""Saving, listing and resuming the training checkpoints of a task's directory.
+"""Saving, listing, verifying and resuming the training checkpoints of a task's directory.
 
-A training task writes `checkpoints/step-NNNNNNN.pt` as it goes and its final state as
-`model.pt`; a later attempt of the same task resumes from the newest checkpoint. States
-hold only tensors and plain values, so they load with `weights_only=True`.
+A training task writes `checkpoints/step-NNNNNNN.pt` as it goes, each followed by its
+sha256 in `step-NNNNNNN.pt.sha256` (the format of `sha256sum`, so `sha256sum -c` checks it
+too), and its final state as `model.pt`; a later attempt of the same task resumes from
+the newest checkpoint whose bytes match their checksum. States hold only tensors and
+plain values, so they load with `weights_only=True`.
 """
 import io
 import re
@@ -13,11 +15,22 @@ from . import storage
 from .base import ArtifactTask, log
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoints/step-(\d+)\.pt$")
+CHECKSUM_SUFFIX = ".sha256"
 FINAL_STATE = "model.pt"
+_UNPICKLER_DETAIL = "WeightsUnpickler error:"
 
 
 def checkpoint_name(step: int) -> str:
     return f"checkpoints/step-{step:07d}.pt"
+
+
+def checksum_name(name: str) -> str:
+    return name + CHECKSUM_SUFFIX
+
+
+def checksum_line(sha256: str, name: str) -> bytes:
+    """A checkpoint's checksum file, as `sha256sum` writes it."""
+    return f"{sha256}  {name.rsplit('/', 1)[-1]}\n".encode()
 
 
 def list_checkpoints(directory: str) -> list[tuple[int, str]]:
@@ -33,22 +46,91 @@ def save_state(path: str, state: dict) -> tuple[int, str]:
     return file.size, file.sha256.hexdigest()
 
 
+def recorded_checksum(path: str) -> storage.Recorded | None:
+    """The sha256 saved next to a checkpoint, or None if it has no checksum file."""
+    sidecar = checksum_name(path)
+    if not storage.exists(sidecar):
+        return None
+    with storage.open_read(sidecar) as file:
+        text = file.read(256).decode("ascii", errors="replace")
+    sha256 = text.split(" ", 1)[0]
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise storage.IntegrityError(f"{sidecar} does not hold a sha256")
+    return storage.Recorded(sha256, None, sidecar)
+
+
 def load_state(path: str, device: torch.device | str = "cpu") -> dict:
-    with storage.open_read(path) as file:
-        return torch.load(io.BytesIO(file.read()), map_location=device, weights_only=True)
+    """A saved state, read once and checked as it is read: a checkpoint against its checksum
+    file, a final state against its task's manifest. A user's own file outside any task
+    directory is loaded as it is. Raises storage.ArtifactError naming the file when the
+    bytes do not match or do not hold a state that loads with weights_only=True."""
+    record = recorded_checksum(path) if CHECKPOINT_PATTERN.search(path) else None
+    data = storage.read_bytes(path, record)
+    try:
+        state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    except Exception as error:  # on bad bytes torch.load fails in many ways: KeyError, EOFError, UnpicklingError...
+        raise storage.ArtifactError(_refusal(path, error)) from error
+    if not isinstance(state, dict):
+        raise storage.ArtifactError(f"{path} holds a {type(state).__name__}, not a training state")
+    return state
 
 
-def prune_checkpoints(directory: str, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints of a task directory."""
-    for _, name in list_checkpoints(directory)[:-keep]:
+def _refusal(path: str, error: Exception) -> str:
+    """One line on why torch.load failed; its refusals of unsafe content open with paragraphs of advice."""
+    text = str(error)
+    if _UNPICKLER_DETAIL in text:
+        detail = next((line.strip() for line in text.split(_UNPICKLER_DETAIL, 1)[1].splitlines() if line.strip()), "")
+        return f"{path} holds objects that a weights-only load refuses to build, such as code ({detail})"
+    first_line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"cannot load {path} as a training state ({type(error).__name__}{': ' if first_line else ''}{first_line})"
+
+
+def prune_checkpoints(directory: str, keep: int, newest_step: int) -> None:
+    """Keep the newest `keep` checkpoints up to `newest_step`, the one just written.
+
+    Checkpoints of later steps are left from an attempt whose newest checkpoints were
+    refused at resume; this attempt replaces them, so they go first. A checksum file goes
+    before its checkpoint: a crash in between leaves a checkpoint without a checksum,
+    which resume refuses, never a checksum without its checkpoint.
+    """
+    checkpoints = list_checkpoints(directory)
+    current = [name for step, name in checkpoints if step <= newest_step]
+    stale = [name for step, name in checkpoints if step > newest_step] + current[:-keep]
+    for name in stale:
+        sidecar = storage.join(directory, checksum_name(name))
+        if storage.exists(sidecar):
+            storage.remove(sidecar)
         storage.remove(storage.join(directory, name))
 
 
-def latest_checkpoint(task: ArtifactTask) -> str | None:
-    """The path of the newest checkpoint an earlier, interrupted attempt of the task left, or None."""
-    if not (checkpoints := list_checkpoints(task.directory)):
-        return None
-    step, name = checkpoints[-1]
-    log.info("%s: resuming from checkpoint %s (step %d)", task.get_task_family(), name, step)
-    return task.path(name)
+def _problem(path: str, checked: bool) -> str | None:
+    """Why a checkpoint cannot be resumed from, or None; unchecked ones predate checksums."""
+    record = recorded_checksum(path)
+    if record is None:
+        return "it has no checksum file (its save was interrupted)" if checked else None
+    _, sha256 = storage.sha256_of(path)
+    return None if sha256 == record.sha256 else f"its sha256 {sha256} differs from {record.where}"
 
+
+def latest_checkpoint(task: ArtifactTask) -> str | None:
+    """The newest checkpoint an earlier, interrupted attempt of the task left whose bytes
+    match their checksum, or None. Refused ones are logged by name, newest first.
+
+    A directory whose checkpoints all lack checksum files was written before checksums
+    were recorded: its newest checkpoint is used as it is, with a warning.
+    """
+    checkpoints = list_checkpoints(task.directory)
+    checked = any(storage.exists(task.path(checksum_name(name))) for _, name in checkpoints)
+    for step, name in reversed(checkpoints):
+        path = task.path(name)
+        if problem := _problem(path, checked):
+            log.warning("%s: not resuming from checkpoint %s: %s", task.get_task_family(), path, problem)
+            continue
+        if not checked:
+            log.warning("%s: checkpoint %s has no checksum (saved before checksums were recorded); "
+                        "resuming from it unchecked", task.get_task_family(), path)
+        log.info("%s: resuming from checkpoint %s (step %d)", task.get_task_family(), name, step)
+        return path
+    if checkpoints:
+        log.warning("%s: no checkpoint can be resumed from; the phase starts over", task.get_task_family())
+    return None

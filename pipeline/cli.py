@@ -8,9 +8,11 @@ import argparse
 import datetime
 import json
 import os
-import re
 import sys
+import urllib.parse
 from dataclasses import dataclass
+
+import botocore.exceptions
 
 import cv2
 import numpy as np
@@ -20,7 +22,7 @@ from PIL import Image, ImageOps
 
 from ganmodels.dcgan_training import generator_from_state
 from ganmodels.distributed import resolve_device
-from ganmodels.inference import generate, latent_walks, paste, predict
+from ganmodels.inference import generate, latent_walks, paste, predict, size_multiple
 from ganmodels.training import load_completion
 
 from . import report, sources, storage
@@ -29,10 +31,12 @@ from .imagefiles import ACCEPTED_FORMATS, RejectedImage, _to_rgb
 from .checkpoints import CHECKPOINT_PATTERN, FINAL_STATE, load_state
 from .inpainting import CLASSICAL_RADIUS
 
-RUN_NAME = re.compile(r"^(?P<family>[A-Za-z_]\w*)-(?P<hash>[0-9a-f]+)$")
 KEY_PARAMETERS = ("dataset", "image_size", "arch", "width", "phase", "steps",
                   "phase1_steps", "phase2_steps", "phase3_steps")
 MAX_KEY_METRICS = 4
+# The default network needs about 0.15 GB per megapixel on the CPU (README): 16 megapixels
+# fit a machine with 4 GB to spare; larger images are refused unless asked for.
+DEFAULT_MAX_PIXELS = 16_000_000
 
 
 class CommandError(Exception):
@@ -41,11 +45,13 @@ class CommandError(Exception):
 
 @dataclass(frozen=True)
 class Run:
-    """One task directory under an artifact root; `manifest` is None while it is incomplete."""
+    """One task directory under an artifact root; `manifest` is None while it is incomplete
+    or when its manifest is broken, which `problem` then describes."""
 
     root: str
     name: str
     manifest: dict | None
+    problem: str | None = None
 
     @property
     def directory(self) -> str:
@@ -53,11 +59,11 @@ class Run:
 
     @property
     def family(self) -> str:
-        return RUN_NAME.match(self.name)["family"]
+        return storage.TASK_DIRECTORY.match(self.name)["family"]
 
     @property
     def hash(self) -> str:
-        return RUN_NAME.match(self.name)["hash"]
+        return storage.TASK_DIRECTORY.match(self.name)["hash"]
 
     @property
     def complete(self) -> bool:
@@ -86,30 +92,36 @@ def _last_parts(recorded_path: str, count: int) -> list[str]:
 
 
 def load_run(root: str, name: str) -> Run:
-    manifest_path = storage.join(root, name, MANIFEST)
-    return Run(root, name, storage.read_json(manifest_path) if storage.exists(manifest_path) else None)
+    try:
+        return Run(root, name, storage.read_manifest(storage.join(root, name)))
+    except storage.BrokenManifest as error:
+        return Run(root, name, None, str(error))
 
 
 def all_runs(root: str) -> list[Run]:
-    return [load_run(root, name) for name in storage.list_dirs(root) if RUN_NAME.match(name)]
+    return [load_run(root, name) for name in storage.list_dirs(root) if storage.TASK_DIRECTORY.match(name)]
 
 
 def find_run(root: str, spec: str) -> Run:
-    """A run named by its path, its directory name, a prefix of that name, or a prefix of its hash."""
+    """A run named by its path, its directory name, a prefix of that name, or a prefix of its hash;
+    one whose manifest is broken is refused."""
     if "/" in spec:
-        parent, name = spec.rstrip("/").rsplit("/", 1)
-        if not (RUN_NAME.match(name) and storage.list_files(spec.rstrip("/"))):
+        root, name = spec.rstrip("/").rsplit("/", 1)
+        if not (storage.TASK_DIRECTORY.match(name) and storage.list_files(spec.rstrip("/"))):
             raise CommandError(f"{spec} is not a task directory")
-        return load_run(parent, name)
-    names = [name for name in storage.list_dirs(root) if RUN_NAME.match(name)]
-    if spec in names:
-        return load_run(root, spec)
-    matches = [name for name in names if name.startswith(spec) or RUN_NAME.match(name)["hash"].startswith(spec)]
-    if not matches:
-        raise CommandError(f"no run under {root} matches {spec!r}; `python -m pipeline runs` lists them")
-    if len(matches) > 1:
-        raise CommandError(f"{spec!r} matches {len(matches)} runs: {', '.join(matches)}; give more of the name")
-    return load_run(root, matches[0])
+    else:
+        names = [name for name in storage.list_dirs(root) if storage.TASK_DIRECTORY.match(name)]
+        matches = [spec] if spec in names else [
+            name for name in names if name.startswith(spec) or storage.TASK_DIRECTORY.match(name)["hash"].startswith(spec)]
+        if not matches:
+            raise CommandError(f"no run under {root} matches {spec!r}; `python -m pipeline runs` lists them")
+        if len(matches) > 1:
+            raise CommandError(f"{spec!r} matches {len(matches)} runs: {', '.join(matches)}; give more of the name")
+        name = matches[0]
+    run = load_run(root, name)
+    if run.problem:
+        raise CommandError(run.problem)
+    return run
 
 
 def upstream(run: Run) -> list[Run]:
@@ -130,6 +142,12 @@ def ancestry(run: Run) -> list[Run]:
 
 def _timestamp(value: str | datetime.datetime) -> str:
     return pd.Timestamp(value).strftime("%Y-%m-%d %H:%M")
+
+
+def status(run: Run) -> str:
+    if run.problem:
+        return "broken manifest"
+    return "complete" if run.complete else progress(run)
 
 
 def progress(run: Run) -> str:
@@ -162,7 +180,7 @@ def runs_table(root: str, family: str | None = None, dataset: str | None = None)
             continue
         rows.append({
             "family": run.family, "hash": run.hash,
-            "status": "complete" if run.complete else progress(run),
+            "status": status(run),
             "parameters": " ".join(f"{key}={run.parameters[key]}" for key in KEY_PARAMETERS if key in run.parameters),
             "metrics": key_metrics(run.summary),
             "finished": _timestamp(run.manifest["finished"]) if run.complete else "",
@@ -180,11 +198,10 @@ def _human_size(size: int | None) -> str:
 
 
 def _tree(run: Run, seen: set[str], depth: int = 0) -> list[str]:
-    status = "complete" if run.complete else "incomplete"
     if run.name in seen:
         return [f"{'  ' * depth}- {run.name} (shown above)"]
     seen.add(run.name)
-    lines = [f"{'  ' * depth}- {run.name} ({status})"]
+    lines = [f"{'  ' * depth}- {run.name} ({status(run).split(':')[0]})"]
     for parent in upstream(run):
         lines += _tree(parent, seen, depth + 1)
     return lines
@@ -227,10 +244,15 @@ def model_state(root: str, spec: str, device: torch.device, network: str) -> dic
     return state
 
 
-def read_image(path: str) -> np.ndarray:
-    """A user's image as (H, W, 3) uint8 RGB, upright, transparency composited as in training."""
+def read_image(path: str, max_pixels: int) -> np.ndarray:
+    """A user's image as (H, W, 3) uint8 RGB, upright, transparency composited as in training;
+    refused from its header when it has more than max_pixels pixels."""
     try:
         with Image.open(path, formats=ACCEPTED_FORMATS) as image:
+            if image.width * image.height > max_pixels:
+                raise CommandError(f"image {path} has {image.width}x{image.height} pixels, more than --max-pixels "
+                                   f"{max_pixels}; the memory needed grows with the pixels (README): shrink or crop "
+                                   "it, or raise --max-pixels if this machine has the memory")
             return np.array(_to_rgb(ImageOps.exif_transpose(image)))
     except (OSError, Image.DecompressionBombError, RejectedImage) as error:
         raise CommandError(f"cannot read image {path}: {error}") from None
@@ -318,10 +340,16 @@ def cmd_infill(args) -> None:
     if "mean_pixel" not in state:
         raise CommandError(f"{args.model} was saved without its mean pixel (trained before it was recorded); "
                            "train it again to use it here")
+    if args.max_pixels < 1:
+        raise CommandError(f"--max-pixels must be at least 1, got {args.max_pixels}")
     completion = load_completion(state, device)
     mean_pixel = torch.tensor(state["mean_pixel"], device=device)
+    multiple = size_multiple(completion)
     for image_path, mask_path, out_path in infill_jobs(args.image, args.mask, args.out):
-        pixels = read_image(image_path)
+        pixels = read_image(image_path, args.max_pixels)
+        if min(pixels.shape[:2]) < multiple:
+            raise CommandError(f"image {image_path} is {pixels.shape[1]}x{pixels.shape[0]} pixels; the network "
+                               f"needs at least {multiple} on each side")
         mask = read_mask(mask_path, image_path, pixels.shape[:2])
         images = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(device).float().div(255)
         holes = torch.from_numpy(mask)[None, None].to(device).float()
@@ -357,21 +385,47 @@ def cmd_sample(args) -> None:
     print(args.out)
 
 
+def _confirmed(question: str) -> bool:
+    try:
+        answer = input(question)
+    except EOFError:  # nobody to answer: no
+        print()
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
 def cmd_clean(args) -> None:
+    """Remove incomplete task directories that the pipeline made (they hold its marker) and
+    that nothing was written to for a while. Nothing else is touched: not complete runs, not
+    broken ones, not folders without the marker (the user's own, runs from before markers),
+    and no symbolic link is followed."""
     try:
         age = pd.Timedelta(args.older_than)
     except ValueError:
         raise CommandError(f"--older-than takes an age such as 30min, 12h or 7d, got {args.older_than!r}") from None
     now = datetime.datetime.now(datetime.timezone.utc)
-    stale = [run for run in all_runs(args.root)
-             if not run.complete and now - storage.last_modified(run.directory) > age]
+    stale, skipped = [], []
+    for name in storage.list_dirs(args.root):
+        directory = storage.join(args.root, name)
+        if storage.is_link(directory):
+            skipped.append(f"{name}: a symbolic link, not followed")
+            continue
+        run = load_run(args.root, name)
+        if run.problem:
+            skipped.append(f"{name}: {run.problem}")
+        elif not run.complete and storage.read_marker(directory) is None:
+            skipped.append(f"{name}: not made by the pipeline (it has no {storage.MARKER} naming it)")
+        elif not run.complete and now - storage.last_modified(directory) > age:
+            stale.append(run)
+    if skipped:
+        print("Never removed:\n" + "\n".join(f"  {line}" for line in skipped))
     if not stale:
         print(f"no incomplete runs older than {age} under {args.root}")
         return
     print(f"Incomplete runs (no manifest) not written to for over {age}:")
     for run in stale:
         print(f"  {run.name}  {progress(run)}")
-    if not args.yes and input(f"Remove these {len(stale)} directories? [y/N] ").strip().lower() not in ("y", "yes"):
+    if not args.yes and not _confirmed(f"Remove these {len(stale)} directories? [y/N] "):
         print("nothing removed")
         return
     for run in stale:
@@ -413,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     infill.add_argument("--out", required=True, help="output image, or output folder (PNG files)")
     infill.add_argument("--poisson", action="store_true", help="Poisson-blend the filled region (cv2.seamlessClone)")
     infill.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    infill.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help=f"refuse larger images (default {DEFAULT_MAX_PIXELS}); memory grows with the pixels")
     infill.set_defaults(handler=cmd_infill)
 
     sample = commands.add_parser("sample", parents=[common], help="a grid of images from a DCGAN run")
@@ -434,12 +490,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _endpoint(error: botocore.exceptions.BotoCoreError) -> str:
+    """The scheme, host and port of the endpoint an error names: never a path, query or user info."""
+    url = urllib.parse.urlsplit(error.kwargs.get("endpoint_url", ""))
+    return f"{url.scheme}://{url.hostname}" + (f":{url.port}" if url.port else "") if url.hostname else "the endpoint"
+
+
+def _one_line(error: Exception) -> str | None:
+    """The message for an error that comes from what the user asked for or from their
+    environment (a damaged artifact, an unreachable or refusing S3 store), or None for any
+    other, which is a bug and keeps its traceback."""
+    if isinstance(error, (CommandError, storage.ArtifactError)):
+        return str(error)
+    if isinstance(error, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)):
+        return (f"cannot reach the S3 endpoint {_endpoint(error)} ({type(error).__name__}); check [s3] endpoint_url "
+                "and that the store is up")
+    if isinstance(error, botocore.exceptions.NoCredentialsError):
+        return "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use ~/.aws/credentials"
+    if isinstance(error, botocore.exceptions.ClientError):
+        details = error.response.get("Error", {})
+        return f"S3 refused the request: {details.get('Code', 'unknown error')} ({details.get('Message', '')})"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.root = _root(args.root)
     try:
         args.handler(args)
-    except CommandError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        if (message := _one_line(error)) is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0

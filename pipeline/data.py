@@ -1,6 +1,8 @@
 """The task that turns a source collection into training shards."""
+import collections
 import contextlib
 import dataclasses
+import io
 
 import luigi
 import numpy as np
@@ -15,13 +17,18 @@ SPLITS = ("train", "val", "test")
 
 
 def _read_csv(path: str) -> pd.DataFrame:
-    with storage.open_read(path) as file:
-        return pd.read_csv(file, keep_default_na=False)
+    return pd.read_csv(io.BytesIO(storage.read_bytes(path)), keep_default_na=False)
 
 
 def load_array(path: str) -> np.ndarray:
-    """A stored uint8 array, memory-mapped so only the rows used are read."""
+    """A stored uint8 array, memory-mapped so only the rows used are read, once its bytes
+    have matched its task's manifest (hashed once per process)."""
     return np.load(storage.local_path(path), mmap_mode="r", allow_pickle=False)
+
+
+def splits_by_fraction(dataset: str, official_split: bool) -> bool:
+    """Whether val_fraction and test_fraction decide the split, rather than the dataset's own."""
+    return not (official_split and dataset in sources.OFFICIAL_SPLIT_DATASETS)
 
 
 class _Shards:
@@ -131,6 +138,7 @@ class PrepareImages(ArtifactTask):
         official_split = (source.official_split or {}) if self.official_split else {}
         split_of = {path: official_split.get(path) or sources.hash_split(path, self.val_fraction, self.test_fraction)
                     for path in paths}
+        self.check_splits(collections.Counter(split_of.values()), "files", bool(official_split))
         # Split by split, so that a split's last shard is written while the workers go on
         # decoding the next split rather than after the last file.
         paths = sorted(paths, key=lambda path: (SPLITS.index(split_of[path]), path))
@@ -168,17 +176,34 @@ class PrepareImages(ArtifactTask):
         if rejected_share > self.max_rejected_fraction:
             raise RuntimeError(f"{len(rejected_rows)} of {len(paths)} files rejected ({rejected_share:.0%}), above "
                                f"max_rejected_fraction={self.max_rejected_fraction}; see {self.path('rejected.csv')}")
-        if not shards.train_pixels:
-            raise RuntimeError("the train split is empty; add images or lower val_fraction/test_fraction")
+        counts = collections.Counter(row[1] for row in kept_rows)
+        self.check_splits(counts, "kept images", bool(official_split))
         mean_pixel = (shards.train_channel_sums / shards.train_pixels / 255).tolist()
         self.write_json("mean_pixel.json", {"mean_pixel": mean_pixel, "range": "[0, 1], RGB"})
-        counts = pd.Series([row[1] for row in kept_rows]).value_counts().to_dict()
         log.info("PrepareImages: kept %d, rejected %d of %d files", len(kept_rows), len(rejected_rows), len(paths))
         return {"source_folder": source.folder, "files": len(paths), "kept": len(kept_rows),
                 "rejected": len(rejected_rows),
                 "rejected_by_kind": rejected["reason"].str.split(":").str[0].value_counts().to_dict(),
                 "split": "official" if official_split else "path hash",
                 "split_counts": {s: counts.get(s, 0) for s in SPLITS}, "mean_pixel": mean_pixel}
+
+    def check_splits(self, counts: collections.Counter, what: str, official: bool) -> None:
+        """Fail when a split that is asked for would be empty: train always, val and test when
+        their fraction is above 0 or the dataset's official split is used."""
+        shares = "/".join(str(counts[name]) for name in SPLITS)
+        setting = ("the official split" if official
+                   else f"val_fraction={self.val_fraction}, test_fraction={self.test_fraction}")
+        for split, fraction in {"train": 1.0, "val": self.val_fraction, "test": self.test_fraction}.items():
+            if counts[split] or not (official or fraction > 0):
+                continue
+            if official:
+                change = "use --official-split false to split by val_fraction and test_fraction"
+            elif split == "train":
+                change = "add images or lower val_fraction and test_fraction"
+            else:
+                change = f"add images or raise {split}_fraction (or set it to 0 to do without a {split} split)"
+            raise ValueError(f"the {split} split would be empty: the {what} split {shares} (train/val/test) "
+                             f"with {setting}; {change}")
 
     def split_paths(self, split: str) -> list[str]:
         """The shard files of one split, in shard order."""

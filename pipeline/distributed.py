@@ -3,6 +3,7 @@
 The luigi worker never initialises CUDA and holds no training state. A training task
 describes its run as a `TrainingJob`, and `run_training` starts this module's `train`
 command for one process, or torchrun for N processes on each of M machines. Rank 0
+reads the job on its standard input (no file is left behind when the worker is killed),
 writes checkpoints and the final state straight into the task's directory through
 `storage`, and reports log rows, written files and errors as JSON lines on its standard
 output, which the task turns into luigi progress.
@@ -24,14 +25,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Callable
 
 import luigi
 
 from . import storage
-from .checkpoints import checkpoint_name, prune_checkpoints, save_state
+from .checkpoints import checkpoint_name, checksum_line, checksum_name, prune_checkpoints, save_state
 
 log = logging.getLogger("luigi-interface")
 
@@ -85,8 +85,8 @@ class TrainingJob:
 class TrainingProcesses:
     """Parameters of a task whose training runs in child processes, and the call that runs it.
 
-    The task needs a `batch_size` parameter (split over the processes) and a
-    `log_row(row)` method (the log rows of rank 0).
+    The task needs a `batch_size` parameter (split over the processes), a
+    `keep_checkpoints` parameter and a `log_row(row)` method (the log rows of rank 0).
     """
 
     device = luigi.Parameter(default="auto", significant=False, description="auto, cpu, cuda or cuda:N")
@@ -103,6 +103,9 @@ class TrainingProcesses:
         if self.batch_size % (self.processes * self.nodes):
             raise ValueError(f"batch_size {self.batch_size} does not split evenly over "
                              f"{self.processes * self.nodes} training processes")
+        if self.keep_checkpoints < 2:
+            raise ValueError(f"keep_checkpoints must be >= 2, so that a damaged newest checkpoint leaves one to "
+                             f"resume from; got {self.keep_checkpoints}")
 
     @property
     def resources(self):
@@ -123,30 +126,31 @@ def run_training(job: TrainingJob, processes: int, nodes: int, device: str,
     Raises TrainingFailed naming the cause when any process fails; the children are
     stopped if this function is left early (an exception, KeyboardInterrupt).
     """
-    with tempfile.TemporaryDirectory(prefix="training-job-") as folder:
-        job_path = os.path.join(folder, "job.json")
-        with open(job_path, "w") as file:
-            json.dump(dataclasses.asdict(job), file)
-        process = subprocess.Popen(_command(job_path, processes, nodes, device), stdout=subprocess.PIPE, text=True,
-                                   env=_child_environment())
-        errors, result = [], None
-        try:
-            for line in process.stdout:
-                if not line.startswith(EVENT_PREFIX):
-                    sys.stdout.write(line)
-                    continue
-                event = json.loads(line[len(EVENT_PREFIX):])
-                if event["event"] == "log":
-                    on_log(event["row"])
-                elif event["event"] == "file":
-                    on_file(event["name"], event["size"], event["sha256"])
-                elif event["event"] == "error":
-                    errors.append(f"rank {event['rank']}: {event['message']}")
-                elif event["event"] == "done":
-                    result = event
-            returncode = process.wait()
-        finally:
-            _stop(process)
+    process = subprocess.Popen(_command(processes, nodes, device), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True, env=_child_environment())
+    errors, result = [], None
+    try:
+        try:  # rank 0 reads it first thing (torchrun's workers inherit this pipe)
+            process.stdin.write(json.dumps(dataclasses.asdict(job)))
+            process.stdin.close()
+        except BrokenPipeError:
+            pass  # the child exited before reading it; its exit status says why
+        for line in process.stdout:
+            if not line.startswith(EVENT_PREFIX):
+                sys.stdout.write(line)
+                continue
+            event = json.loads(line[len(EVENT_PREFIX):])
+            if event["event"] == "log":
+                on_log(event["row"])
+            elif event["event"] == "file":
+                on_file(event["name"], event["size"], event["sha256"])
+            elif event["event"] == "error":
+                errors.append(f"rank {event['rank']}: {event['message']}")
+            elif event["event"] == "done":
+                result = event
+        returncode = process.wait()
+    finally:
+        _stop(process)
     if returncode != 0 or result is None:
         cause = errors[0] if errors else (f"killed by signal {signal.Signals(-returncode).name}" if returncode < 0
                                           else f"exit code {returncode}")
@@ -160,8 +164,8 @@ def _child_environment() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1", **{PARENT_PID_VARIABLE: str(os.getpid())})
 
 
-def _command(job_path: str, processes: int, nodes: int, device: str) -> list[str]:
-    train = ["train", "--device", device, job_path]
+def _command(processes: int, nodes: int, device: str) -> list[str]:
+    train = ["train", "--device", device]
     if processes == 1 and nodes == 1:
         return [*ENTRY, *train]
     launch = [f"--nproc-per-node={processes}", f"--nnodes={nodes}", "--max-restarts=0"]
@@ -220,31 +224,33 @@ class JobOutput:
                 file.write(data)
             _emit("file", name=name, size=file.size, sha256=file.sha256.hexdigest())
 
-    def save(self, name: str, state: dict) -> None:
-        """Save a state dict as one file of the task's directory."""
+    def save(self, name: str, state: dict) -> str | None:
+        """Save a state dict as one file of the task's directory; its sha256 on rank 0."""
         if self.is_main:
             size, sha256 = save_state(storage.join(self.job.directory, name), state)
             _emit("file", name=name, size=size, sha256=sha256)
+            return sha256
+        return None
 
     def checkpoint(self, state: dict) -> None:
-        """Save a checkpoint of state's step, then delete all but the newest `keep_checkpoints`."""
+        """Save a checkpoint of state's step and then its checksum file; then delete all but
+        the newest `keep_checkpoints`, so the checkpoints kept are never only unchecked ones."""
         if self.is_main:
-            self.save(checkpoint_name(state["step"]), state)
-            prune_checkpoints(self.job.directory, self.job.keep_checkpoints)
+            name = checkpoint_name(state["step"])
+            self.write(checksum_name(name), checksum_line(self.save(name, state), name))
+            prune_checkpoints(self.job.directory, self.job.keep_checkpoints, state["step"])
 
 
-def _train(job_path: str | None, device: str) -> None:
+def _train(device: str) -> None:
     from ganmodels.distributed import join_world, leave_world
 
     from .trainers import TRAINERS
 
+    # Before joining: the task writes the job into a pipe and waits until it is read.
+    payload = sys.stdin.buffer.read() if os.environ.get("RANK", "0") == "0" else None
+    if payload == b"":
+        raise ValueError("rank 0 reads its job on its standard input, from the luigi task that starts it")
     world = join_world(device)
-    if world.is_main and job_path is None:
-        raise ValueError("rank 0 needs the job file: it runs on the machine of the luigi task")
-    payload = None
-    if world.is_main:
-        with open(job_path, "rb") as file:
-            payload = file.read()
     job = TrainingJob(**json.loads(world.broadcast_bytes(payload)))
     storage.use_root(job.root)
     summary = TRAINERS[job.kind](job, world, JobOutput(job, world))
@@ -285,8 +291,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="one training process (started by a task, alone or by torchrun)")
-    train.add_argument("job", nargs="?", help="the job file; only rank 0 reads it, the others receive it")
+    train = commands.add_parser("train", help="one training process (started by a task, alone or by torchrun); "
+                                               "rank 0 reads the job on its standard input, the others receive it")
     train.add_argument("--device", default="auto")
     commands.add_parser("torchrun", help="torchrun, given its own arguments, that ends with its parent")
     join = commands.add_parser("join", help="lend this machine's processes to training jobs started elsewhere")
@@ -304,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         _join(options)
     else:
         try:
-            _train(options.job, options.device)
+            _train(options.device)
         except BaseException as error:
             _emit("error", rank=int(os.environ.get("RANK", "0")), message=f"{type(error).__name__}: {error}")
             raise

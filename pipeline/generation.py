@@ -13,7 +13,7 @@ from ganmodels.dcgan_training import generator_from_state
 from ganmodels.monitoring import animated_gif, grid_png, latent_walk, loss_curve_png
 
 from . import storage
-from .base import ArtifactTask, log
+from .base import ArtifactTask, configured, log
 from .checkpoints import FINAL_STATE, latest_checkpoint, list_checkpoints, load_state
 from .data import PrepareImages
 from .distributed import TrainingJob, TrainingProcesses
@@ -103,8 +103,10 @@ class TrainDCGAN(TrainingProcesses, ArtifactTask):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         fields = [field.name for field in dataclasses.fields(DCGANConfig) if field.name != "image_size"]
-        self.config = DCGANConfig(image_size=self.image_size, **{name: getattr(self, name) for name in fields})
-        for name in ("keep_checkpoints", "sample_count", "walk_frames_between", "gif_frame_ms"):
+        self.config = configured(DCGANConfig, {f"{kind} label range": f"{kind}_label_low and {kind}_label_high"
+                                               for kind in ("real", "fake")},
+                                 image_size=self.image_size, **{name: getattr(self, name) for name in fields})
+        for name in ("sample_count", "walk_frames_between", "gif_frame_ms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.walk_keyframes < 2:

@@ -15,9 +15,9 @@ from ganmodels.runtime import DATA_PLACEMENTS
 from ganmodels.training import load_completion
 
 from . import storage
-from .base import ArtifactTask, log
+from .base import ArtifactTask, configured, log
 from .checkpoints import FINAL_STATE, latest_checkpoint, load_state
-from .data import PrepareImages
+from .data import PrepareImages, splits_by_fraction
 from .distributed import TrainingJob, TrainingProcesses
 
 
@@ -53,14 +53,19 @@ class PretrainCompletion(TrainingProcesses, ArtifactTask):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_config = ModelConfig(arch=self.arch, image_size=self.image_size, width=self.width)
-        self.mask_config = MaskConfig(image_size=self.image_size, hole_min=self.hole_min,
-                                      hole_max=self.hole_max, margin=self.hole_margin)
-        self.phase_config = PhaseConfig(
+        self.mask_config = configured(MaskConfig, {"margin": "hole_margin"}, image_size=self.image_size,
+                                      hole_min=self.hole_min, hole_max=self.hole_max, margin=self.hole_margin)
+        self.phase_config = configured(
+            PhaseConfig, {"steps": f"phase{self.phase}_steps", "learning rates": "lr_completion and lr_discriminator"},
             phase=self.phase, batch_size=self.batch_size, lr_completion=self.lr_completion,
             lr_discriminator=self.lr_discriminator, checkpoint_every=self.checkpoint_every,
             log_every=self.log_every, seed=self.seed, **self.phase_settings())
-        if self.keep_checkpoints < 1:
-            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        # The grids show val images and the evaluation measures the test split: refuse before any training.
+        if splits_by_fraction(self.dataset, self.official_split):
+            for name in ("val_fraction", "test_fraction"):
+                if getattr(self, name) <= 0:
+                    raise ValueError(f"{name} must be > 0 for the inpainter, whose grids show val images and whose "
+                                     f"evaluation uses the test split; got {getattr(self, name)}")
         if self.data_workers < 0:
             raise ValueError(f"data_workers must be >= 0, got {self.data_workers}")
 
@@ -96,6 +101,10 @@ class PretrainCompletion(TrainingProcesses, ArtifactTask):
 
     def build(self):
         shards = self.requires()["shards"]
+        for split in ("val", "test"):  # shards prepared before PrepareImages refused empty splits
+            if not shards.split_paths(split):
+                raise ValueError(f"{shards.directory} has no {split} images, which the grids and the evaluation "
+                                 f"need; raise {split}_fraction or add images")
         config = {"phase": self.phase_config.to_dict(), "model": self.model_config.to_dict(),
                   "mask": self.mask_config.to_dict(), "mean_pixel": shards.mean_pixel(),
                   "runtime": self.runtime_settings()}
@@ -174,7 +183,7 @@ class RenderEvalGrid(EvaluationParameters, ArtifactTask):
 
     def build(self):
         shards, model_task = self.requires()["shards"], self.requires()["model"]
-        val = shards.split_arrays("val") or shards.split_arrays("train")
+        val = shards.split_arrays("val")
         images = to_float(np.concatenate([shard[: self.grid_images] for shard in val])[: self.grid_images], "cpu")
         mean_pixel = torch.tensor(shards.mean_pixel())
         mask = fixed_masks(len(images), model_task.mask_config, self.eval_seed)

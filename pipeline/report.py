@@ -5,6 +5,7 @@ phase), loss curves from the training histories, and the test metrics with the m
 to the floor (mean fill) and the classical baselines.
 """
 import html
+import io
 import os
 
 import pandas as pd
@@ -83,8 +84,7 @@ def training_history(runs: list) -> pd.DataFrame:
     frames = []
     for run in runs:
         if "history.csv" in (run.manifest or {}).get("files", {}):
-            with storage.open_read(run.path("history.csv")) as file:
-                frames.append(pd.read_csv(file))
+            frames.append(pd.read_csv(io.BytesIO(storage.read_bytes(run.path("history.csv")))))
     if not frames:
         return pd.DataFrame()
     history = pd.concat(frames, ignore_index=True)

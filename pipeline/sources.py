@@ -19,6 +19,7 @@ from PIL import Image
 from . import downloads
 
 DATASETS = ("sample", "folder", "flowers", "celeba", "paintings", "digits")
+OFFICIAL_SPLIT_DATASETS = ("flowers", "celeba", "digits")  # with a published train/val/test split
 # Datasets that read their files from `source`: a folder of images, or of archives
 # downloaded by hand (for celeba and paintings, where it is optional).
 SOURCE_DATASETS = ("folder", "celeba", "paintings")

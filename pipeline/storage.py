@@ -6,25 +6,45 @@ Writes are atomic: data goes to a temporary local file that is renamed into plac
 uploaded to S3 (multipart, streamed from that file), only when it is closed without
 error. S3 access goes through luigi.contrib.s3 (boto3), configured by the `[s3]`
 section (`endpoint_url`, `region_name`) and boto3's usual credential chain.
+
+A task directory holds a marker written when a task starts (`.task.json`, so that only
+directories the pipeline made are ever cleaned up) and, once complete, a manifest that
+records every file's size and sha256 and closes with a checksum of its own. Files of a
+complete task are read back only after their bytes match the manifest.
 """
 import datetime
 import hashlib
 import json
+import logging
 import os
 import posixpath
-import shutil
+import re
 import tempfile
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import IO, Iterator
 
 import luigi
 import luigi.format
+from botocore.exceptions import ClientError
 from luigi.contrib.s3 import S3Client, S3Target
 from luigi.task_register import Register
 
+log = logging.getLogger("luigi-interface")
+
 S3_SCHEME = "s3://"
 MANIFEST = "manifest.json"  # lists the size and sha256 of every file of a task directory
+MARKER = ".task.json"  # written when a task starts: this directory is the pipeline's own
+MANIFEST_FORMAT = 2
+# What a manifest held before it carried a format and a checksum; such manifests are still
+# accepted (by their schema alone), so that runs made before then are not run again.
+_LEGACY_MANIFEST_KEYS = frozenset({"task_family", "task_id", "hash", "parameters", "config", "upstream", "packages",
+                                   "started", "finished", "summary", "files"})
+_MANIFEST_KEYS = _LEGACY_MANIFEST_KEYS | {"format", "checksum"}
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+HASH_LENGTH = 10  # hex digits of a task's hash in its directory name
+TASK_DIRECTORY = re.compile(r"^(?P<family>[A-Za-z_]\w*)-(?P<hash>[0-9a-f]+)$")
 
 
 class artifacts(luigi.Config):
@@ -36,8 +56,20 @@ class artifacts(luigi.Config):
                                 description="Local copies of files read from S3, checked against their manifest")
 
 
-class IntegrityError(RuntimeError):
-    """A file read from S3 does not match the sha256 its task's manifest records."""
+class ArtifactError(RuntimeError):
+    """An artifact that cannot be used as it is; the message names the file and what to do."""
+
+
+class IntegrityError(ArtifactError):
+    """A file whose bytes differ from the size and sha256 recorded for it."""
+
+
+class BrokenManifest(IntegrityError):
+    """A manifest.json that does not parse or does not hold what the pipeline writes."""
+
+
+class RootNotWritable(ArtifactError):
+    """The artifact root cannot be written to (read-only, not creatable, access denied)."""
 
 
 def is_remote(path: str) -> bool:
@@ -158,6 +190,11 @@ def list_dirs(directory: str) -> list[str]:
     return sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
 
 
+def is_link(path: str) -> bool:
+    """A symbolic link on local disk; S3 has none."""
+    return not is_remote(path) and os.path.islink(path)
+
+
 def last_modified(directory: str) -> datetime.datetime:
     """When anything below `directory` was last written (UTC): its newest file, or itself if empty."""
     if is_remote(directory):
@@ -165,38 +202,87 @@ def last_modified(directory: str) -> datetime.datetime:
         if not times:
             raise FileNotFoundError(f"nothing stored under {directory}")
         return max(times).astimezone(datetime.timezone.utc)
-    times = [os.path.getmtime(os.path.join(directory, name)) for name in list_files(directory)]
-    newest = max(times, default=os.path.getmtime(directory))
+    # lstat: a link is dated by itself, and a dangling one has no target to date.
+    times = [os.lstat(os.path.join(directory, name)).st_mtime for name in list_files(directory)]
+    newest = max(times, default=os.lstat(directory).st_mtime)
     return datetime.datetime.fromtimestamp(newest, datetime.timezone.utc)
 
 
-def local_path(path: str) -> str:
-    """A path on local disk from which the file can be read (memory-mapped, torch.load).
+@dataclass(frozen=True)
+class Recorded:
+    """What was recorded about a file when it was written, and where."""
 
-    A file on S3 must belong to a complete task: it is downloaded once into the cache
-    folder, named by its sha256 from the task's manifest and checked against it.
+    sha256: str
+    size: int | None  # None where only the sha256 is recorded
+    where: str  # the file holding the record, for messages
+
+
+def recorded(path: str) -> Recorded | None:
+    """The size and sha256 that the manifest of the task directory holding `path` records for it.
+
+    None for a file outside any complete task directory (a user's own file, the checkpoint
+    of a task still running) and for the manifest itself, which carries its own checksum.
     """
-    if not is_remote(path):
-        return path
-    directory, name = _task_directory_and_name(path)
+    found = _task_directory_and_name(path)
+    if found is None or found[1] == MANIFEST:
+        return None
+    directory, name = found
+    if (manifest := read_manifest(directory)) is None:
+        return None
     manifest_path = join(directory, MANIFEST)
-    if not exists(manifest_path):
-        raise FileNotFoundError(f"{path} has no manifest at {manifest_path}: its task has not completed")
-    entry = read_json(manifest_path)["files"].get(name)
-    if entry is None:
-        raise FileNotFoundError(f"{path} is not listed in {manifest_path}")
-    cached = os.path.join(cache_dir(), "sha256", entry["sha256"][:2], entry["sha256"])
-    if os.path.exists(cached) and os.path.getsize(cached) == entry["size"]:
-        return cached
+    if name not in manifest["files"]:
+        raise IntegrityError(f"{path} is not listed in {manifest_path}, which lists every file its task wrote")
+    entry = manifest["files"][name]
+    return Recorded(entry["sha256"], entry["size"], manifest_path)
+
+
+def _check(path: str, size: int, sha256: str, record: Recorded) -> None:
+    if sha256 != record.sha256 or record.size not in (None, size):
+        recorded_size = "" if record.size is None else f"{record.size} bytes with "
+        raise IntegrityError(f"{path} has {size} bytes with sha256 {sha256}, but {record.where} records "
+                             f"{recorded_size}sha256 {record.sha256}: it changed after it was written")
+
+
+# The sha256 of local files already read in this process, by path, size and modification
+# time: a file is hashed once per process however often it is opened (every task that
+# reads the shards memory-maps them).
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def _local_digest(path: str) -> tuple[int, str]:
+    info = os.stat(path)
+    key = (os.path.abspath(path), info.st_size, info.st_mtime_ns)
+    if key not in _digests:
+        _digests[key] = _hash_local(path)[1]
+    return info.st_size, _digests[key]
+
+
+def local_path(path: str) -> str:
+    """A path on local disk holding the bytes that `path`'s task recorded in its manifest,
+    for reading in place (memory maps); the file must belong to a complete task.
+
+    A local file is hashed once per process. A file on S3 is downloaded once into the cache
+    folder, named by its sha256; a cached copy is checked once per process, and one that
+    no longer matches is deleted and downloaded again.
+    """
+    record = recorded(path)
+    if record is None:
+        raise FileNotFoundError(f"{path} is not a file of a complete task: no manifest records it")
+    if not is_remote(path):
+        _check(path, *_local_digest(path), record)
+        return path
+    cached = os.path.join(cache_dir(), "sha256", record.sha256[:2], record.sha256)
+    if os.path.exists(cached):
+        if _local_digest(cached) == (record.size, record.sha256):
+            return cached
+        log.warning("the cached copy %s of %s does not match %s: downloading it again", cached, path, record.where)
+        os.remove(cached)
     os.makedirs(os.path.dirname(cached), exist_ok=True)
     handle, partial = tempfile.mkstemp(dir=os.path.dirname(cached), prefix=".download-")
     os.close(handle)
     try:
         _s3().get(path, partial)
-        size, sha = _hash_local(partial)
-        if (size, sha) != (entry["size"], entry["sha256"]):
-            raise IntegrityError(f"{path} has {size} bytes with sha256 {sha}, but {manifest_path} records "
-                                 f"{entry['size']} bytes with sha256 {entry['sha256']}")
+        _check(path, *_hash_local(partial), record)
         os.chmod(partial, 0o444)  # cached files are shared by every run that reads them
         os.replace(partial, cached)
     finally:
@@ -205,13 +291,17 @@ def local_path(path: str) -> str:
     return cached
 
 
-def _task_directory_and_name(path: str) -> tuple[str, str]:
-    """Split `<root>/<task directory>/<name>` into the task directory and the name inside it."""
-    prefix = root() + "/"
-    task_dir, _, name = path[len(prefix):].partition("/") if path.startswith(prefix) else ("", "", "")
-    if not (task_dir and name):
-        raise ValueError(f"{path} is not a file of a task directory under the artifact root {root()}")
-    return join(root(), task_dir), name
+def _task_directory_and_name(path: str) -> tuple[str, str] | None:
+    """Split a path into the nearest enclosing directory named like a task's and the name below it."""
+    parts = path.rstrip("/").split("/")
+    for index in range(len(parts) - 2, -1, -1):
+        if TASK_DIRECTORY.match(parts[index]):
+            return "/".join(parts[:index + 1]), "/".join(parts[index + 1:])
+    return None
+
+
+def _name(directory: str) -> str:
+    return directory.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _hash_stream(stream: IO[bytes]) -> tuple[int, str]:
@@ -233,6 +323,16 @@ def sha256_of(path: str) -> tuple[int, str]:
         return _hash_stream(file)
 
 
+def read_bytes(path: str, record: Recorded | None = None) -> bytes:
+    """The whole file, checked against `record` or else against its task's manifest, if it
+    belongs to a complete task; raises IntegrityError naming the file when it differs."""
+    with open_read(path) as file:
+        data = file.read()
+    if record := record or recorded(path):
+        _check(path, len(data), hashlib.sha256(data).hexdigest(), record)
+    return data
+
+
 def write_json(path: str, value) -> tuple[int, str]:
     with open_write(path) as file:
         file.write(json.dumps(value, indent=2, sort_keys=True, default=str).encode())
@@ -240,10 +340,105 @@ def write_json(path: str, value) -> tuple[int, str]:
 
 
 def read_json(path: str):
-    with open_read(path) as file:
-        return json.load(file)
+    """A JSON file, checked like read_bytes."""
+    return json.loads(read_bytes(path))
 
 
 def copy_to_local(path: str, destination: str) -> None:
-    with open_read(path) as source, open(destination, "wb") as out:
-        shutil.copyfileobj(source, out)
+    with open(destination, "wb") as out:
+        out.write(read_bytes(path))
+
+
+def _content_digest(value) -> str:
+    """sha256 of a JSON value's canonical form: sorted keys, no spaces."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_manifest(directory: str, manifest: dict) -> None:
+    """Write a task's manifest, closed by a checksum of everything else in it."""
+    # Checksummed as it will read back: values JSON cannot hold are written as strings.
+    body = json.loads(json.dumps({**manifest, "format": MANIFEST_FORMAT}, default=str))
+    write_json(join(directory, MANIFEST), {**body, "checksum": _content_digest(body)})
+
+
+def read_manifest(directory: str) -> dict | None:
+    """The manifest of a task directory, or None when it has none (its task has not completed).
+
+    Raises BrokenManifest when it does not parse, does not hold what the pipeline writes,
+    belongs to another directory, or no longer matches its closing checksum.
+    """
+    path = join(directory, MANIFEST)
+    if not exists(path):
+        return None
+    with open_read(path) as file:
+        data = file.read()
+    try:
+        manifest = json.loads(data)
+    except ValueError as error:  # not JSON, or not text
+        problem = f"it does not parse ({error})"
+    else:
+        problem = _manifest_problem(manifest, _name(directory))
+    if problem:
+        raise BrokenManifest(f"broken manifest {path}: {problem}; running its task again rewrites it")
+    return manifest
+
+
+def _manifest_problem(manifest, directory_name: str) -> str | None:
+    """What is wrong with a parsed manifest, or None."""
+    if not isinstance(manifest, dict):
+        return "it is not a JSON object"
+    keys = set(manifest)
+    if keys == _MANIFEST_KEYS:
+        if manifest["format"] != MANIFEST_FORMAT:
+            return f"format {manifest['format']!r}, where this version writes {MANIFEST_FORMAT}"
+        if manifest["checksum"] != _content_digest({k: v for k, v in manifest.items() if k != "checksum"}):
+            return "its content does not match its checksum"
+    elif keys != _LEGACY_MANIFEST_KEYS:
+        missing, unknown = sorted(_MANIFEST_KEYS - keys - {"format", "checksum"}), sorted(keys - _MANIFEST_KEYS)
+        return f"missing keys {missing}, unknown keys {unknown}"
+    for key in ("task_family", "task_id", "hash", "started", "finished"):
+        if not isinstance(manifest[key], str):
+            return f"{key} is not a string"
+    for key in ("parameters", "config", "upstream", "packages", "summary", "files"):
+        if not isinstance(manifest[key], dict):
+            return f"{key} is not an object"
+    if f"{manifest['task_family']}-{manifest['hash']}" != directory_name:
+        return f"it describes {manifest['task_family']}-{manifest['hash']}, not {directory_name}"
+    for name, entry in manifest["files"].items():
+        if not (isinstance(entry, dict) and set(entry) == {"size", "sha256"} and type(entry["size"]) is int
+                and entry["size"] >= 0 and isinstance(entry["sha256"], str) and _SHA256.match(entry["sha256"])):
+            return f"the entry of {name} is not a size and a sha256"
+    return None
+
+
+def write_marker(directory: str, family: str, full_hash: str) -> None:
+    """Mark `directory` as the pipeline's own, for the task `family` with the full sha256 `full_hash`.
+
+    Every task run writes it before anything else, so an artifact root that cannot be
+    written to fails here, before any work; the first run's creation time is kept.
+    """
+    path = join(directory, MARKER)
+    created = (read_marker(directory) or {}).get("created") or datetime.datetime.now(datetime.timezone.utc).isoformat()
+    try:
+        write_json(path, {"task_family": family, "hash": full_hash, "created": created})
+    except (OSError, ClientError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise RootNotWritable(f"the artifact root {root()} is not writable: cannot write {path} "
+                              f"({reason}); make it writable or set [artifacts] root elsewhere") from error
+
+
+def read_marker(directory: str) -> dict | None:
+    """The marker of a directory the pipeline made; None unless it parses and names this directory."""
+    path = join(directory, MARKER)
+    if is_link(path) or not exists(path):
+        return None
+    with open_read(path) as file:
+        data = file.read()
+    try:
+        marker = json.loads(data)
+    except ValueError:
+        return None
+    if not (isinstance(marker, dict) and isinstance(marker.get("task_family"), str)
+            and isinstance(marker.get("hash"), str) and _SHA256.match(marker["hash"])):
+        return None
+    return marker if _name(directory) == f"{marker['task_family']}-{marker['hash'][:HASH_LENGTH]}" else None

@@ -29,7 +29,9 @@ def run_name(root: str, family: str) -> str:
 
 
 def add_incomplete_run(root: str) -> None:
-    """A training directory that an interrupted run left: a checkpoint and no manifest."""
+    """A training directory that an interrupted run left: its marker, a checkpoint and no manifest."""
+    family, short_hash = INCOMPLETE.split("-")
+    storage.write_marker(storage.join(root, INCOMPLETE), family, short_hash + "0" * 54)
     with storage.open_write(storage.join(root, INCOMPLETE, "checkpoints/step-0000003.pt")) as file:
         file.write(b"not a real checkpoint")
 
@@ -169,9 +171,11 @@ def write_dcgan_run(root: str) -> str:
     name = "TrainDCGAN-00000000aa"
     with storage.open_write(storage.join(root, name, "model.pt")) as file:
         torch.save(state, file)
-    storage.write_json(storage.join(root, name, "manifest.json"),
-                       {"task_family": "TrainDCGAN", "parameters": {}, "upstream": {}, "summary": {},
-                        "files": {}, "finished": "2026-01-01T00:00:00+00:00"})
+    storage.write_manifest(storage.join(root, name), {
+        "task_family": "TrainDCGAN", "task_id": "TrainDCGAN_test", "hash": "00000000aa", "parameters": {},
+        "config": {}, "upstream": {}, "packages": {}, "started": "2026-01-01T00:00:00+00:00",
+        "finished": "2026-01-01T00:00:00+00:00", "summary": {},
+        "files": {"model.pt": {"size": file.size, "sha256": file.sha256.hexdigest()}}})
     return name
 
 

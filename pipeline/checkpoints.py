@@ -7,6 +7,7 @@ the newest checkpoint whose bytes match their checksum. States hold only tensors
 plain values, so they load with `weights_only=True`.
 """
 import io
+import pickle
 import re
 
 import torch
@@ -17,7 +18,8 @@ from .base import ArtifactTask, log
 CHECKPOINT_PATTERN = re.compile(r"checkpoints/step-(\d+)\.pt$")
 CHECKSUM_SUFFIX = ".sha256"
 FINAL_STATE = "model.pt"
-_UNPICKLER_DETAIL = "WeightsUnpickler error:"
+# Lines of torch's message on refusing to unpickle that advise rather than say what was refused.
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
 
 def checkpoint_name(step: int) -> str:
@@ -76,13 +78,13 @@ def load_state(path: str, device: torch.device | str = "cpu") -> dict:
 
 
 def _refusal(path: str, error: Exception) -> str:
-    """One line on why torch.load failed; its refusals of unsafe content open with paragraphs of advice."""
-    text = str(error)
-    if _UNPICKLER_DETAIL in text:
-        detail = next((line.strip() for line in text.split(_UNPICKLER_DETAIL, 1)[1].splitlines() if line.strip()), "")
+    """One line on why torch.load failed; its refusals of unsafe content come in paragraphs of advice."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if isinstance(error, pickle.UnpicklingError) and lines and lines[0].startswith(_TORCH_ADVICE):
+        detail = next((line for line in lines if not line.startswith(_TORCH_ADVICE)), "")
         return f"{path} holds objects that a weights-only load refuses to build, such as code ({detail})"
-    first_line = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return f"cannot load {path} as a training state ({type(error).__name__}{': ' if first_line else ''}{first_line})"
+    cause = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return f"cannot load {path} as a training state ({cause})"
 
 
 def prune_checkpoints(directory: str, keep: int, newest_step: int) -> None:
@@ -124,7 +126,7 @@ def latest_checkpoint(task: ArtifactTask) -> str | None:
     for step, name in reversed(checkpoints):
         path = task.path(name)
         if problem := _problem(path, checked):
-            log.warning("%s: not resuming from checkpoint %s: %s", task.get_task_family(), path, problem)
+            log.warning("%s: refusing checkpoint %s: %s", task.get_task_family(), path, problem)
             continue
         if not checked:
             log.warning("%s: checkpoint %s has no checksum (saved before checksums were recorded); "

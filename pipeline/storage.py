@@ -267,7 +267,7 @@ def local_path(path: str) -> str:
     """
     record = recorded(path)
     if record is None:
-        raise FileNotFoundError(f"{path} is not a file of a complete task: no manifest records it")
+        raise FileNotFoundError(f"no manifest records {path}: its task has not completed")
     if not is_remote(path):
         _check(path, *_local_digest(path), record)
         return path
@@ -423,8 +423,9 @@ def write_marker(directory: str, family: str, full_hash: str) -> None:
         write_json(path, {"task_family": family, "hash": full_hash, "created": created})
     except (OSError, ClientError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        # The reason is in the message; the cause would only add the name of a temporary file.
         raise RootNotWritable(f"the artifact root {root()} is not writable: cannot write {path} "
-                              f"({reason}); make it writable or set [artifacts] root elsewhere") from error
+                              f"({reason}); make it writable or set [artifacts] root elsewhere") from None
 
 
 def read_marker(directory: str) -> dict | None:

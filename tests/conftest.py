@@ -2,9 +2,11 @@ import os
 import pathlib
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 
 import luigi
 import luigi.configuration
@@ -118,10 +120,10 @@ def run_root(request, tmp_path, tiny_run_root):
     return f"s3://{BUCKET}/{prefix}"
 
 
-def kill_after_first_checkpoint(config_path, args, tmp_path, family) -> pathlib.Path:
+def kill_after_first_checkpoint(config_path, args, tmp_path, family, env=None) -> pathlib.Path:
     """Start a luigi run, SIGKILL its whole process group once `family` wrote a checkpoint; return the task dir."""
-    process = subprocess.Popen(luigi_command(*args), env=subprocess_env(config_path), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(luigi_command(*args), env={**subprocess_env(config_path), **(env or {})},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline, checkpoints = time.time() + 240, []
         while time.time() < deadline and not checkpoints:
@@ -141,6 +143,20 @@ def kill_after_first_checkpoint(config_path, args, tmp_path, family) -> pathlib.
 def resumed_steps(log: str) -> list[int]:
     """The steps that "resuming from checkpoint ... (step N)" lines of a run's log name."""
     return [int(line.rsplit("step ", 1)[1].rstrip(")")) for line in log.splitlines() if "resuming from checkpoint" in line]
+
+
+def flip_tensor_byte(path) -> None:
+    """Change one bit in the middle of the largest tensor of a torch.save file: it still loads, with other weights."""
+    with zipfile.ZipFile(path) as archive:  # torch.save stores its entries uncompressed
+        entry = max((info for info in archive.infolist() if "/data/" in info.filename), key=lambda info: info.file_size)
+    with open(path, "r+b") as file:
+        file.seek(entry.header_offset + 26)  # the local header's name and extra field lengths
+        name_length, extra_length = struct.unpack("<HH", file.read(4))
+        offset = entry.header_offset + 30 + name_length + extra_length + entry.file_size // 2
+        file.seek(offset)
+        byte = file.read(1)[0]
+        file.seek(offset)
+        file.write(bytes([byte ^ 0x10]))
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,8 @@
 """`python -m pipeline` commands on a tiny completed run, on local disk and on S3."""
 import io
+import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -12,7 +14,7 @@ from PIL import Image
 
 from pipeline import storage
 from pipeline.cli import main, poisson_blend
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, subprocess_env
 
 RUN_COUNT = 9  # the TINY TrainInpainter chain: 6 task families, RenderEvalGrid three times
 INCOMPLETE = "PretrainCompletion-0123456789"
@@ -215,6 +217,122 @@ def test_clean_removes_only_old_incomplete_runs_after_confirmation(run_root, cap
 
     code, _, err = run_command(capsys, "clean", "--root", run_root, "--older-than", "soon")
     assert code == 2 and "--older-than takes an age" in err
+
+
+def _write(path: str, data: bytes) -> None:
+    with storage.open_write(path) as file:
+        file.write(data)
+
+
+def test_clean_removes_only_directories_the_pipeline_made(run_root, tmp_path, capsys, monkeypatch):
+    user_files = {"photos-2023/beach.jpg": b"a photo", "backup-1/db.sql": b"create table t (x int);",
+                  "Foo-1234567890/notes.txt": b"notes",
+                  # A marker naming another directory: this one was not made for it.
+                  "PretrainCompletion-aaaaaaaaaa/.task.json":
+                      json.dumps({"task_family": "PretrainCompletion", "hash": "b" * 64}).encode()}
+    for name, data in user_files.items():
+        _write(storage.join(run_root, name), data)
+    kept = ["photos-2023", "backup-1", "Foo-1234567890", "PretrainCompletion-aaaaaaaaaa"]
+    if not storage.is_remote(run_root):  # a link to a folder elsewhere, holding a marker valid for the link's name
+        elsewhere = tmp_path / "elsewhere"
+        storage.write_marker(str(elsewhere), "TrainJoint", "f" * 64)
+        (elsewhere / "weights.pt").write_bytes(b"someone's weights")
+        os.symlink(elsewhere, os.path.join(run_root, "TrainJoint-ffffffffff"))
+        kept.append("TrainJoint-ffffffffff")
+    add_incomplete_run(run_root)
+    incomplete = storage.join(run_root, INCOMPLETE)
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # nobody answers: that is a no
+    code, out, _ = run_command(capsys, "clean", "--root", run_root, "--older-than", "0s")
+    assert code == 0 and "nothing removed" in out and storage.list_files(incomplete)
+
+    code, out, err = run_command(capsys, "clean", "--root", run_root, "--older-than", "0s", "--yes")
+    assert code == 0, err
+    assert f"removed {incomplete}" in out and not storage.list_files(incomplete)
+    assert out.count("removed ") == 1
+    for name in kept:
+        assert f"  {name}: " in out  # listed as never removed
+    for name, data in user_files.items():
+        with storage.open_read(storage.join(run_root, name)) as file:
+            assert file.read() == data, name
+    if not storage.is_remote(run_root):
+        assert "TrainJoint-ffffffffff: a symbolic link, not followed" in out
+        assert os.path.islink(os.path.join(run_root, "TrainJoint-ffffffffff"))
+        assert sorted(os.listdir(elsewhere)) == [".task.json", "weights.pt"]
+    remaining = storage.list_dirs(run_root)
+    assert set(kept) <= set(remaining) and len(remaining) == len(kept) + RUN_COUNT  # the complete runs stay too
+
+
+class RunsCode:
+    """A pickle that calls a shell command when loaded by a plain pickle.load."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def one_error_line(code: int, err: str) -> str:
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_mistakes_in_infill_are_one_error_line(tiny_run_root, tmp_path, capsys):
+    image_path, mask_path, _, _ = write_image_and_mask(str(tmp_path), "photo", 45, 30)
+    Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
+    Image.new("L", (1, 1), 255).save(tmp_path / "dot-mask.png")
+    (tmp_path / "notes.pt").write_bytes(b"these are notes, not a checkpoint\n" * 20)
+    with open(tmp_path / "code.pt", "wb") as file:
+        pickle.dump(RunsCode(f"touch {tmp_path / 'it-ran'}"), file, protocol=2)
+    out = str(tmp_path / "filled.png")
+    cases = [({"--image": str(tmp_path / "dot.png"), "--mask": str(tmp_path / "dot-mask.png")},
+              f"image {tmp_path / 'dot.png'} is 1x1 pixels; the network needs at least 4 on each side"),
+             ({"--model": str(tmp_path / "notes.pt")}, f"cannot load {tmp_path / 'notes.pt'} as a training state ("),
+             ({"--model": str(tmp_path / "code.pt")},
+              f"{tmp_path / 'code.pt'} holds objects that a weights-only load refuses to build, such as code"),
+             ({"--max-pixels": "1000"}, f"image {image_path} has 45x30 pixels, more than --max-pixels 1000")]
+    for changes, message in cases:
+        options = {"--model": "TrainInpainter", "--image": image_path, "--mask": mask_path, "--out": out, **changes}
+        code, _, err = run_command(capsys, "infill", "--root", tiny_run_root, *[x for o in options.items() for x in o])
+        assert message in one_error_line(code, err)
+        assert not os.path.exists(out)
+    assert not os.path.exists(tmp_path / "it-ran")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty object", "renamed key"])
+def test_a_broken_manifest_is_listed_as_such_and_refused_in_one_line(run_root, tmp_path, capsys, damage):
+    joint = run_name(run_root, "TrainJoint")
+    manifest = storage.join(run_root, joint, "manifest.json")
+    with storage.open_read(manifest) as file:
+        original = file.read()
+    _write(manifest, {"truncated": original[:len(original) // 2], "empty object": b"{}",
+                      "renamed key": original.replace(b'"summary"', b'"summarz"', 1)}[damage])
+    code, out, err = run_command(capsys, "runs", "--root", run_root)
+    assert code == 0 and not err
+    rows = table_rows(out)
+    assert len(rows) == RUN_COUNT and "broken manifest" in next(row for row in rows if joint.split("-")[1] in row)
+    assert sum(" complete " in row for row in rows) == RUN_COUNT - 1
+
+    image_path, mask_path, _, _ = write_image_and_mask(str(tmp_path), "photo", 45, 30)
+    for argv in (["show", joint], ["report", joint, "--out", str(tmp_path / "report")],
+                 ["infill", "--model", "TrainInpainter", "--image", image_path, "--mask", mask_path,
+                  "--out", str(tmp_path / "filled.png")]):  # reads TrainJoint's model.pt
+        code, _, err = run_command(capsys, *argv, "--root", run_root)
+        assert f"error: broken manifest {manifest}: " in one_error_line(code, err), argv
+
+
+def test_runs_says_in_one_line_that_the_s3_endpoint_cannot_be_reached(tmp_path):
+    from tests.services import CREDENTIALS, TEST_ENV, free_port, s3_config
+
+    port = free_port()  # nothing listens there
+    config, _ = s3_config(tmp_path, f"http://127.0.0.1:{port}")
+    result = subprocess.run([sys.executable, "-m", "pipeline", "runs"], env={**subprocess_env(config), **TEST_ENV},
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stderr == (f"error: cannot reach the S3 endpoint http://127.0.0.1:{port} (EndpointConnectionError); "
+                             "check [s3] endpoint_url and that the store is up\n")
+    assert result.returncode == 2 and not result.stdout
+    assert not any(secret in result.stderr for secret in CREDENTIALS.values())
 
 
 def test_python_m_pipeline_is_a_command_next_to_luigi_module_pipeline(tiny_run_root):

@@ -101,7 +101,8 @@ def test_two_processes_train_through_torchrun_and_the_checkpoint_evaluates(two_g
 
     manifest = storage.read_json(task.path("manifest.json"))
     assert manifest["summary"]["world_size"] == 2 and manifest["summary"]["steps"] == 4
-    assert sorted(manifest["files"]) == ["checkpoints/step-0000002.pt", "history.csv", "model.pt"]
+    assert sorted(manifest["files"]) == [".task.json", "checkpoints/step-0000002.pt", "checkpoints/step-0000002.pt.sha256",
+                                         "history.csv", "model.pt"]
     checkpoint = load_state(task.path("checkpoints/step-0000002.pt"))
     assert checkpoint["step"] == 2 and len(checkpoint["rng"]["rank_samplers"]) == 2
 
@@ -160,12 +161,12 @@ def test_a_failed_training_names_the_task_and_the_cause(artifact_root, image_fol
 
 def test_the_training_entry_point_refuses_to_outlive_its_parent():
     # A child whose recorded parent is not its parent exits at once, without training.
-    result = subprocess.run([*ENTRY, "train", "/nonexistent/job.json"], cwd=REPO_ROOT, capture_output=True, text=True,
+    result = subprocess.run([*ENTRY, "train"], cwd=REPO_ROOT, capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=REPO_ROOT, PIPELINE_TRAINING_PARENT_PID="1"))
     assert result.returncode == 1 and "the process that started this one has exited" in result.stderr
 
 
 def test_a_training_job_names_its_loop():
     with pytest.raises(ValueError, match=r"unknown training kind 'gan'; one of \['dcgan', 'inpainting'\]"):
-        TrainingJob(task="t", directory="d", kind="gan", config={}, train_shards=[], start=None, keep_checkpoints=1,
+        TrainingJob(task="t", directory="d", kind="gan", config={}, train_shards=[], start=None, keep_checkpoints=2,
                     final_state="model.pt")

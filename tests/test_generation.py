@@ -39,7 +39,8 @@ def test_training_writes_every_artifact(artifact_root, image_folder):
     assert set(manifest["files"]) == {
         "model.pt", "metrics.csv", "loss_curves.png", "progress.gif", "latent_walk.gif", "samples.png",
         "snapshots/step-0000003.png", "snapshots/step-0000006.png", "snapshots/step-0000007.png",
-        "checkpoints/step-0000006.pt", "checkpoints/step-0000007.pt"}  # keep_checkpoints=2
+        "checkpoints/step-0000006.pt", "checkpoints/step-0000007.pt",  # keep_checkpoints=2
+        "checkpoints/step-0000006.pt.sha256", "checkpoints/step-0000007.pt.sha256", ".task.json"}
 
     metrics = pd.read_csv(task.path("metrics.csv"))
     assert list(metrics.columns) == METRIC_COLUMNS and list(metrics["step"]) == [2, 4, 6]

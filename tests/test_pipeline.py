@@ -1,18 +1,27 @@
 """The task chain end to end at tiny size, in-process and through the luigi command."""
+import contextlib
+import hashlib
 import json
+import logging
 import os
+import re
+import subprocess
 
 import luigi
 import numpy as np
 import pandas as pd
+import pytest
 from luigi.task_register import Register
 from PIL import Image
 
 import pipeline
 from pipeline import storage
 from pipeline.base import ArtifactTask
+from pipeline.checkpoints import list_checkpoints, recorded_checksum
+from pipeline.distributed import TrainingFailed
 from pipeline.imagefiles import decode_image
-from tests.conftest import TINY, cli_args, kill_after_first_checkpoint, make_images, resumed_steps, run_luigi, write_config
+from tests.conftest import (TINY, cli_args, flip_tensor_byte, kill_after_first_checkpoint, make_images, resumed_steps,
+                            run_luigi, write_config)
 
 
 def _build(**params):
@@ -152,7 +161,10 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     args = ["PretrainCompletion", *cli_args(dataset="folder", source=source, image_size=32, width=0.125,
                                             batch_size=4, phase1_steps=400, checkpoint_every=20, log_every=20,
                                             decode_workers=1)]
-    task_dir = kill_after_first_checkpoint(config, args, tmp_path, "PretrainCompletion")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    task_dir = kill_after_first_checkpoint(config, args, tmp_path, "PretrainCompletion", env={"TMPDIR": str(scratch)})
+    assert not list(scratch.glob("training-job-*"))  # the job went to the training process without a file
 
     result = run_luigi(config, *args)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -162,3 +174,179 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     assert f"step {resumed_at[0] - 20}/400" not in log  # no step before the checkpoint was trained again
     manifest = json.loads((task_dir / "manifest.json").read_text())
     assert manifest["summary"]["steps"] == 400
+
+
+def test_every_task_directory_is_marked_and_every_manifest_sealed(artifact_root, image_folder):
+    task = pipeline.PrepareImages(dataset="folder", source=image_folder, image_size=16, decode_workers=1)
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    marker = json.loads(open(task.path(".task.json")).read())
+    assert marker["task_family"] == "PrepareImages" and re.fullmatch(r"[0-9a-f]{64}", marker["hash"])
+    assert task.directory.endswith("PrepareImages-" + marker["hash"][:10])
+    manifest = json.loads(open(task.path("manifest.json")).read())
+    body = {key: value for key, value in manifest.items() if key != "checksum"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    assert manifest["format"] == 2 and manifest["checksum"] == hashlib.sha256(canonical).hexdigest()
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    with open(path, "wb") as file:
+        file.write(data)
+
+
+def test_a_broken_manifest_makes_its_task_run_again_and_one_from_before_checksums_counts(artifact_root, image_folder):
+    task = pipeline.PrepareImages(dataset="folder", source=image_folder, image_size=16, decode_workers=1)
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    path = task.path("manifest.json")
+    original = open(path, "rb").read()
+    manifest = json.loads(original)
+
+    # What the pipeline wrote before manifests were sealed: exactly these keys, no checksum.
+    legacy = {key: value for key, value in manifest.items() if key not in ("format", "checksum")}
+    _write_bytes(path, json.dumps(legacy, indent=2).encode())
+    assert task.complete()
+
+    for broken in (original[:len(original) // 2], b"{}", b"", original.replace(b'"kept": 60', b'"kept": 61'),
+                   original.replace(b'"summary"', b'"sumMary"'), json.dumps({**legacy, "extra": 1}).encode()):
+        assert broken != original
+        _write_bytes(path, broken)
+        assert not task.complete(), broken[:80]
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING") and task.complete()
+    rebuilt = storage.read_manifest(task.directory)
+    assert rebuilt["summary"] == manifest["summary"] and rebuilt["files"] == manifest["files"]
+
+
+@pytest.mark.parametrize("family, parameters, message", [
+    ("PretrainCompletion", {"phase1_steps": 0}, "phase1_steps must be >= 1, got 0"),
+    ("PretrainDiscriminator", {"phase2_steps": 0}, "phase2_steps must be >= 1, got 0"),
+    ("TrainJoint", {"phase3_steps": 0}, "phase3_steps must be >= 1, got 0"),
+    ("TrainJoint", {"hole_margin": 0.6}, "hole_margin must be in [0, 0.5), got 0.6"),
+    ("PretrainCompletion", {"lr_discriminator": 0}, "lr_completion and lr_discriminator must be positive"),
+    ("PretrainCompletion", {"keep_checkpoints": 1}, "keep_checkpoints must be >= 2"),
+    ("TrainDCGAN", {"keep_checkpoints": 1}, "keep_checkpoints must be >= 2"),
+    ("TrainDCGAN", {"real_label_high": 1.5}, "real_label_low and real_label_high must satisfy"),
+])
+def test_a_bad_value_is_refused_naming_the_parameter_as_typed(family, parameters, message):
+    with pytest.raises(ValueError) as refused:
+        getattr(pipeline, family)(dataset="sample", **parameters)
+    assert message in str(refused.value)
+
+
+def test_empty_splits_fail_before_any_image_is_decoded_or_any_step_trained(artifact_root, tmp_path):
+    source = make_images(str(tmp_path / "three"), 3, prefix="photo")  # these names fall in train by their hash
+    shards = pipeline.PrepareImages(dataset="folder", source=source, image_size=16, decode_workers=1)
+    with pytest.raises(ValueError, match=re.escape(
+            "the val split would be empty: the files split 3/0/0 (train/val/test) with val_fraction=0.1, "
+            "test_fraction=0.1; add images or raise val_fraction (or set it to 0 to do without a val split)")):
+        shards.run()
+    assert storage.list_files(shards.directory) == [".task.json"]  # nothing decoded, no shard written
+
+    chain = pipeline.TrainInpainter(source=source, **TINY)
+    assert not luigi.build([chain], local_scheduler=True, log_level="CRITICAL")
+    assert all(name.startswith("PrepareImages-") for name in storage.list_dirs(artifact_root))
+
+    # Without val or test the inpainter cannot render its grids or evaluate: its training phases refuse
+    # when constructed, so the chain fails while it is scheduled.
+    for name in ("val_fraction", "test_fraction"):
+        with pytest.raises(ValueError, match=f"{name} must be > 0 for the inpainter"):
+            pipeline.TrainJoint(source=source, **{key: value for key, value in TINY.items() if key != "grid_images"},
+                                **{name: 0})
+        assert not luigi.build([pipeline.TrainInpainter(source=source, **{**TINY, name: 0})], local_scheduler=True,
+                               log_level="CRITICAL")
+    assert all(name.startswith("PrepareImages-") for name in storage.list_dirs(artifact_root))
+    # Where none is needed, an empty val and test split is what was asked for.
+    assert luigi.build([pipeline.PrepareImages(dataset="folder", source=source, image_size=16, decode_workers=1,
+                                               val_fraction=0, test_fraction=0)],
+                       local_scheduler=True, log_level="WARNING")
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """`folder` read-only for this test's commands: chmod, or as root (which chmod does not stop) a read-only tmpfs."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"running as root, where chmod does not stop writes, and mounting a read-only tmpfs failed: "
+                    f"{mount.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_an_artifact_root_that_cannot_be_written_fails_first_saying_so(tmp_path):
+    source = make_images(str(tmp_path / "source"), 20)
+    args = ["PrepareImages", *cli_args(dataset="folder", source=source, image_size=16, decode_workers=1)]
+    read_only_root = tmp_path / "read-only"
+    read_only_root.mkdir()
+    (tmp_path / "a-file").write_text("not a folder")
+    for root in (read_only_root, tmp_path / "a-file" / "artifacts"):  # and one that cannot be created
+        config = write_config(tmp_path)
+        with open(config) as file:
+            text = file.read().replace(f"root = {tmp_path / 'artifacts'}", f"root = {root}")
+        with open(config, "w") as file:
+            file.write(text)
+        with read_only(root) if root == read_only_root else contextlib.nullcontext():
+            result = run_luigi(config, *args)
+        log = result.stdout + result.stderr
+        assert result.returncode == 30, log[-3000:]
+        assert f"RootNotWritable: the artifact root {root} is not writable: cannot write {root}/PrepareImages-" in log
+        assert "-luigi-tmp-" not in log and not re.search(r"PrepareImages: +\d+%", log)  # no image was decoded
+
+
+def _training(image_folder, **changes):
+    return pipeline.PretrainCompletion(**{**dict(dataset="folder", source=image_folder, image_size=32, width=0.125,
+                                                 batch_size=4, shard_size=16, decode_workers=1, phase1_steps=8,
+                                                 checkpoint_every=2, log_every=2), **changes})
+
+
+def _interrupted(task) -> list[str]:
+    """The task's directory as a killed attempt leaves it: checkpoints, no final state, no manifest."""
+    for name in ("manifest.json", "model.pt", "history.csv"):
+        os.remove(task.path(name))
+    return [task.path(name) for _, name in list_checkpoints(task.directory)]
+
+
+def test_a_damaged_checkpoint_is_refused_by_name_and_resume_falls_back(artifact_root, image_folder, caplog):
+    task = _training(image_folder)
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    older, newest = _interrupted(task)  # steps 4 and 6 (keep_checkpoints=2)
+    flip_tensor_byte(newest)
+    with caplog.at_level(logging.INFO, logger="luigi-interface"):
+        assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    assert f"refusing checkpoint {newest}: its sha256 " in caplog.text
+    assert resumed_steps(caplog.text) == [4]
+    assert storage.read_manifest(task.directory)["summary"]["steps"] == 8
+    for _, name in list_checkpoints(task.directory):  # the damaged one was written again
+        assert storage.sha256_of(task.path(name))[1] == recorded_checksum(task.path(name)).sha256
+
+    older, newest = _interrupted(task)
+    for path in (older, newest):
+        flip_tensor_byte(path)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="luigi-interface"):
+        assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    assert all(f"refusing checkpoint {path}" in caplog.text for path in (older, newest))
+    assert "no checkpoint can be resumed from; the phase starts over" in caplog.text
+    assert resumed_steps(caplog.text) == [] and task.complete()
+
+
+def test_a_damaged_local_shard_is_refused_by_name(artifact_root, image_folder):
+    task = _training(image_folder)
+    shards = task.requires()["shards"]
+    assert luigi.build([shards], local_scheduler=True, log_level="WARNING")
+    shard = shards.split_paths("train")[0]
+    with open(shard, "r+b") as file:  # one pixel of the first image
+        file.seek(200)
+        pixel = file.read(1)[0]
+        file.seek(200)
+        file.write(bytes([pixel ^ 1]))
+    with pytest.raises(TrainingFailed, match=re.escape(f"rank 0: IntegrityError: {shard} has ")):
+        task.run()
+    assert not task.complete()

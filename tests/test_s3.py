@@ -74,12 +74,13 @@ def test_files_round_trip_and_large_files_go_up_in_parts(s3_root, moto):
 def test_data_is_committed_before_the_manifest_and_a_failed_task_stays_incomplete(s3_root, moto):
     failing = WriteBlob(size=1000, fail=True)
     assert not luigi.build([failing], local_scheduler=True, log_level="WARNING")
-    assert storage.list_files(failing.directory) == ["data/blob.bin"] and not failing.complete()
+    assert storage.list_files(failing.directory) == [".task.json", "data/blob.bin"] and not failing.complete()
 
     task = WriteBlob(size=1000)
     assert luigi.build([task], local_scheduler=True, log_level="WARNING") and task.complete()
     manifest = storage.read_json(task.path("manifest.json"))
-    assert manifest["files"] == {"data/blob.bin": {"size": 1000, "sha256": hashlib.sha256(_blob(1000)).hexdigest()}}
+    assert manifest["files"]["data/blob.bin"] == {"size": 1000, "sha256": hashlib.sha256(_blob(1000)).hexdigest()}
+    assert set(manifest["files"]) == {".task.json", "data/blob.bin"}
     client, directory = moto.client(), os.path.basename(task.directory)
     modified = {name: client.head_object(Bucket=BUCKET, Key=s3_key(s3_root, directory, name))["LastModified"]
                 for name in ("data/blob.bin", "manifest.json")}
@@ -104,6 +105,22 @@ def test_local_path_downloads_once_into_the_cache_and_checks_the_manifest(s3_roo
 
     with pytest.raises(FileNotFoundError, match="has not completed"):
         storage.local_path(WriteBlob(size=7).path("data/blob.bin"))
+
+
+def test_a_damaged_cached_copy_is_deleted_and_downloaded_again(s3_root, moto, caplog):
+    task = WriteBlob(size=3000)
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    cached = storage.local_path(task.path("data/blob.bin"))
+    os.chmod(cached, 0o644)
+    with open(cached, "r+b") as file:  # same size, one byte changed
+        file.seek(1500)
+        byte = file.read(1)[0]
+        file.seek(1500)
+        file.write(bytes([byte ^ 0x40]))
+    with caplog.at_level("WARNING", logger="luigi-interface"):
+        again = storage.local_path(task.path("data/blob.bin"))
+    assert again == cached and open(again, "rb").read() == _blob(3000)
+    assert f"the cached copy {cached} of {task.path('data/blob.bin')} does not match" in caplog.text
 
 
 def test_an_endpoint_outage_fails_the_task_clearly_and_a_rerun_resumes(moto, tmp_path):

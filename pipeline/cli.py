@@ -34,8 +34,8 @@ from .inpainting import CLASSICAL_RADIUS
 KEY_PARAMETERS = ("dataset", "image_size", "arch", "width", "phase", "steps",
                   "phase1_steps", "phase2_steps", "phase3_steps")
 MAX_KEY_METRICS = 4
-# The default network needs about 0.15 GB per megapixel on the CPU (README): 16 megapixels
-# fit a machine with 4 GB to spare; larger images are refused unless asked for.
+# The default network took about 0.26 GB per megapixel on the CPU (README): 16 megapixels
+# need about 4.7 GB; larger images are refused unless asked for.
 DEFAULT_MAX_PIXELS = 16_000_000
 
 

@@ -13,7 +13,6 @@ import urllib.parse
 from dataclasses import dataclass
 
 import botocore.exceptions
-
 import cv2
 import numpy as np
 import pandas as pd

@@ -9,6 +9,7 @@ plain values, so they load with `weights_only=True`.
 import io
 import pickle
 import re
+import warnings
 
 import torch
 
@@ -69,7 +70,10 @@ def load_state(path: str, device: torch.device | str = "cpu") -> dict:
     record = recorded_checksum(path) if CHECKPOINT_PATTERN.search(path) else None
     data = storage.read_bytes(path, record)
     try:
-        state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+        with warnings.catch_warnings():
+            # Said of any pickle that torch.save did not write, just before it is refused or loaded.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     except Exception as error:  # on bad bytes torch.load fails in many ways: KeyError, EOFError, UnpicklingError...
         raise storage.ArtifactError(_refusal(path, error)) from error
     if not isinstance(state, dict):

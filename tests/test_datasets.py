@@ -132,9 +132,11 @@ def test_celeba_from_files_downloaded_by_hand_keeps_the_official_partition(artif
     assert reasons == {"000006.jpg": "duplicate: same bytes as 000002.jpg"}
     assert (summary["kept"], summary["rejected"], summary["rejected_by_kind"]) == (5, 1, {"duplicate": 1})
 
-    _, summary, splits, _ = prepare(dataset="celeba", source=str(manual), official_split=False)
+    # Shares at which these five names give every split at least one image.
+    _, summary, splits, _ = prepare(dataset="celeba", source=str(manual), official_split=False,
+                                    val_fraction=0.2, test_fraction=0.2)
     assert summary["split"] == "path hash"
-    assert splits == {path: sources.hash_split(path, 0.1, 0.1) for path in splits}
+    assert splits == {path: sources.hash_split(path, 0.2, 0.2) for path in splits}
 
 
 def test_paintings_from_zips_downloaded_by_hand_use_only_the_chosen_parts(artifact_root, tmp_path):
@@ -215,7 +217,7 @@ def test_rejections_fail_the_task_above_the_threshold_or_when_nothing_is_left(ar
     for number in range(broken):
         (folder / f"notes-{number}.txt").write_text("not a picture")
     task = PrepareImages(dataset="folder", source=str(folder), image_size=16, decode_workers=1,
-                         max_rejected_fraction=limit)
+                         max_rejected_fraction=limit, val_fraction=0, test_fraction=0)  # five files: train only
     if message is None:
         assert luigi.build([task], local_scheduler=True, log_level="WARNING")
     else:

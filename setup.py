@@ -11,6 +11,8 @@ setup(
         "torch>=2.3",
         "torchvision>=0.18",
         "torchmetrics>=1.4",
+        # FID through torchmetrics, from a local Inception weights file ([evaluation] in luigi.cfg).
+        "torch-fidelity>=0.3",
         "boto3>=1.34",
         "pillow>=10.1",
         "simplejpeg>=1.7",

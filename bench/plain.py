@@ -17,7 +17,7 @@ from torchvision import transforms
 
 from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig
 from ganmodels.masks import patch_origins
-from ganmodels.networks import build_networks
+from ganmodels.networks import build_networks, fill_holes
 from ganmodels.runtime import Runtime
 from ganmodels.training import train_step
 
@@ -98,8 +98,8 @@ def plain_phase(config: PhaseConfig, model_config: ModelConfig, mask_config: Mas
         holes = reference_holes(config.batch_size, mask_config, rng)
         mask = reference_mask(holes, model_config.image_size).to(device)
         origins = patch_origins(torch.tensor(holes, device=device), model_config.image_size, model_config.local_size)
-        losses = train_step(config.phase, completion, discriminator, optimizers, real, mask, origins, mean_pixel,
-                            config.alpha, runtime)
+        filled = fill_holes(real, mask, mean_pixel, model_config.hole_fill)
+        losses = train_step(config, completion, discriminator, optimizers, real, mask, origins, filled, runtime)
         losses.tolist()  # the reimplementation prints every step's loss
     elapsed = time.perf_counter() - started
     return {"images_per_s": (config.steps - warmup_steps) * config.batch_size / elapsed, "data_wait": waited / elapsed}

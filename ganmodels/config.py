@@ -3,6 +3,11 @@ import math
 from dataclasses import asdict, dataclass
 
 ARCHITECTURES = ("glcic", "infill")
+MASK_KINDS = ("box", "strokes", "mixed")
+UPSAMPLING = ("transpose", "resize", "bilinear")
+HOLE_FILLS = ("mean", "smooth")
+RECONSTRUCTION_LOSSES = ("mse", "l1")
+LR_SCHEDULES = ("constant", "cosine")
 COLLAPSE_ACTIONS = ("warn", "stop")
 
 
@@ -18,9 +23,14 @@ class ModelConfig:
     arch: str = "glcic"
     image_size: int = 64
     width: float = 1.0  # 1.0 is the paper's channel count; a CPU run uses a fraction
+    upsample: str = "transpose"  # the completion network's decoder (glcic)
+    skips: bool = False  # glcic: the decoder also sees the encoder's features at full and half resolution
+    hole_fill: str = "mean"  # what the network sees in the holes: the mean pixel, or a smooth fill from around
 
     def __post_init__(self):
         _require(self.arch in ARCHITECTURES, f"arch must be one of {ARCHITECTURES}, got {self.arch!r}")
+        _require(self.upsample in UPSAMPLING, f"upsample must be one of {UPSAMPLING}, got {self.upsample!r}")
+        _require(self.hole_fill in HOLE_FILLS, f"hole_fill must be one of {HOLE_FILLS}, got {self.hole_fill!r}")
         _require(self.width > 0, f"width must be positive, got {self.width}")
         size_ok = self.image_size >= 16 and math.log2(self.image_size).is_integer()
         _require(size_ok, f"image_size must be a power of two >= 16, got {self.image_size}")
@@ -36,18 +46,27 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MaskConfig:
-    """Where rectangular holes go and how big they are, as fractions of the image side.
+    """Which holes to cut: rectangles, free-form brush strokes, or a mix of both.
 
-    Holes are placed inside the area that keeps `margin` from every border, and are
-    never larger than the local discriminator's patch (half the image).
+    Rectangles: sides in [hole_min, hole_max] of the image side, placed inside the area
+    that keeps `margin` from every border, never larger than the local discriminator's
+    patch (half the image). Strokes: their union covers a share of the image uniform in
+    [stroke_area_min, stroke_area_max]. `mixed` gives each image one kind or the other.
     """
 
     image_size: int = 64
+    kind: str = "box"
     hole_min: float = 0.25
     hole_max: float = 0.5
     margin: float = 0.0
+    stroke_area_min: float = 0.1
+    stroke_area_max: float = 0.4
 
     def __post_init__(self):
+        _require(self.kind in MASK_KINDS, f"mask kind must be one of {MASK_KINDS}, got {self.kind!r}")
+        _require(0 < self.stroke_area_min <= self.stroke_area_max <= 0.75,
+                 f"need 0 < stroke_area_min <= stroke_area_max <= 0.75, got {self.stroke_area_min}, "
+                 f"{self.stroke_area_max}")
         _require(0 < self.hole_min <= self.hole_max, f"need 0 < hole_min <= hole_max, got {self.hole_min}, {self.hole_max}")
         _require(self.hole_max <= 0.5, f"hole_max must be <= 0.5 (the local patch is half the image), got {self.hole_max}")
         _require(0 <= self.margin < 0.5, f"margin must be in [0, 0.5), got {self.margin}")
@@ -86,6 +105,15 @@ class PhaseConfig:
     lr_completion: float = 1e-3
     lr_discriminator: float = 1e-4
     alpha: float = 0.0  # weight of the adversarial term; used in phase 3 (paper: 0.0004)
+    # The completion network's reconstruction loss: over the hole, plus `known_weight` times the
+    # same loss over the known pixels of its raw output (which the paste then discards).
+    loss: str = "mse"
+    known_weight: float = 0.0
+    # Learning rates over the phase: constant, or a cosine from the set rates down to
+    # `lr_final` times them at the phase's last step (after `warmup_steps` of linear warm-up).
+    lr_schedule: str = "constant"
+    lr_final: float = 0.01
+    warmup_steps: int = 0
     # Collapse watch of phase 3: the discriminator's loss (real + fake BCE) below the floor at
     # `collapse_window` consecutive log lines means it has won; warn, or stop the phase.
     collapse_window: int = 10
@@ -99,8 +127,14 @@ class PhaseConfig:
         _require(self.phase in (1, 2, 3), f"phase must be 1, 2 or 3, got {self.phase}")
         _require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _require(self.lr_completion > 0 and self.lr_discriminator > 0, "learning rates must be positive")
+        _require(self.lr_completion > 0, f"lr_completion must be positive, got {self.lr_completion}")
+        _require(self.lr_discriminator > 0, f"lr_discriminator must be positive, got {self.lr_discriminator}")
         _require(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}")
+        _require(self.loss in RECONSTRUCTION_LOSSES, f"loss must be one of {RECONSTRUCTION_LOSSES}, got {self.loss!r}")
+        _require(self.known_weight >= 0, f"known_weight must be >= 0, got {self.known_weight}")
+        _require(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        _require(0 <= self.lr_final <= 1, f"lr_final must be in [0, 1], got {self.lr_final}")
+        _require(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         _require(self.collapse_window >= 1, f"collapse_window must be >= 1, got {self.collapse_window}")
         _require(self.on_collapse in COLLAPSE_ACTIONS,
                  f"on_collapse must be one of {COLLAPSE_ACTIONS}, got {self.on_collapse!r}")
@@ -109,3 +143,15 @@ class PhaseConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def lr_factor(self, step: int) -> float:
+        """The share of the set learning rates used for the update that follows `step` updates.
+
+        A function of the step alone, so a resumed phase continues the same schedule.
+        """
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return 1.0
+        progress = (step - self.warmup_steps) / max(self.steps - self.warmup_steps, 1)
+        return self.lr_final + (1 - self.lr_final) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))

@@ -31,8 +31,8 @@ def predict(net: nn.Module, images: torch.Tensor, mask: torch.Tensor, mean_pixel
         raise ValueError(f"images must be at least {multiple} pixels on each side, got {width}x{height}")
     padding = (0, -width % multiple, 0, -height % multiple)
     padded_mask = F.pad(mask, padding, mode="reflect")
-    network_input = torch.cat([fill_holes(F.pad(images, padding, mode="reflect"), padded_mask, mean_pixel),
-                               padded_mask], dim=1)
+    network_input = torch.cat([fill_holes(F.pad(images, padding, mode="reflect"), padded_mask, mean_pixel,
+                                          net.hole_fill), padded_mask], dim=1)
     with torch.no_grad():
         return net(network_input)[..., :height, :width]
 

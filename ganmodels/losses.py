@@ -3,10 +3,23 @@ import torch
 import torch.nn.functional as F
 
 
-def hole_mse(completed: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over hole pixels only (phase 1 and the reconstruction term of phase 3)."""
-    squared = (completed - target).square() * mask
-    return squared.sum() / (mask.sum() * target.shape[1]).clamp_min(1)
+def _masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return (values * weights).sum() / (weights.sum() * values.shape[1]).clamp_min(1)
+
+
+def reconstruction_loss(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str = "mse",
+                        known_weight: float = 0.0) -> torch.Tensor:
+    """The completion network's pixel loss: mean squared or absolute error over the hole pixels,
+    plus `known_weight` times the same over the known pixels of the raw output.
+
+    The known term costs nothing at inference (the known pixels are pasted back) but asks
+    the network to reproduce its input, which ties the fill's colours to its surroundings.
+    """
+    error = (output - target).square() if kind == "mse" else (output - target).abs()
+    loss = _masked_mean(error, mask)
+    if known_weight:
+        loss = loss + known_weight * _masked_mean(error, 1 - mask)
+    return loss
 
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:

@@ -1,18 +1,35 @@
-"""Rectangular hole masks and local patches, generated for a whole batch at once."""
+"""Hole masks (rectangles and free-form brush strokes) and local patches, for a whole batch at once.
+
+Everything is drawn on the generator's device from that generator alone, so a seeded
+generator gives the same masks on every run, and training never waits for the host.
+"""
+import math
+
 import torch
+import torch.nn.functional as F
 
 from .config import MaskConfig
 
+# Brush strokes in the spirit of DeepFill v2's free-form masks: a polyline of a few segments
+# that turns by a random angle at each vertex, drawn with a round brush. Lengths and widths are
+# fractions of the image side, so a mask looks the same at every image size.
+STROKE_CANDIDATES = 8  # strokes drawn per image; the first k that reach the drawn area are kept
+STROKE_SEGMENTS = 5
+STROKE_SEGMENT_LENGTH = (0.08, 0.25)
+STROKE_WIDTH = (0.05, 0.14)
+STROKE_MAX_TURN = math.pi / 3  # radians either way at each vertex
 
-def sample_holes(batch_size: int, config: MaskConfig, generator: torch.Generator) -> torch.Tensor:
-    """Random holes as an int64 (batch, 4) tensor of (top, left, height, width).
 
-    Sizes are uniform in [min_pixels, max_pixels]; positions uniform over the places
-    where the whole hole fits inside the placement area.
+def sample_holes(batch_size: int, config: MaskConfig, generator: torch.Generator, square: bool = False) -> torch.Tensor:
+    """Random rectangles as an int64 (batch, 4) tensor of (top, left, height, width).
+
+    Sides are uniform in [min_pixels, max_pixels] (one side for both with `square`);
+    positions uniform over the places where the whole hole fits inside the placement area.
     """
     device = generator.device
     low, high = config.min_pixels, config.max_pixels
-    sizes = torch.randint(low, high + 1, (batch_size, 2), generator=generator, device=device)
+    sizes = torch.randint(low, high + 1, (batch_size, 1 if square else 2), generator=generator, device=device)
+    sizes = sizes.expand(batch_size, 2)
     room = config.area_size - sizes + 1  # number of valid offsets per axis
     offsets = (torch.rand(batch_size, 2, generator=generator, device=device) * room).long()
     corners = config.area_start + offsets
@@ -28,8 +45,98 @@ def holes_to_mask(holes: torch.Tensor, image_size: int) -> torch.Tensor:
     return (rows[:, :, None] & cols[:, None, :]).unsqueeze(1).float()
 
 
+def _reflect_into_unit(values: torch.Tensor) -> torch.Tensor:
+    """Fold coordinates back into [0, 1] like a stroke bouncing off the image border (no strokes hug the edge)."""
+    return 1 - (1 - values.remainder(2)).abs()
+
+
+def sample_strokes(batch_size: int, config: MaskConfig, generator: torch.Generator) -> torch.Tensor:
+    """Free-form brush-stroke masks, float (batch, 1, size, size), covering a drawn share of each image.
+
+    Each image gets a target share uniform in [stroke_area_min, stroke_area_max] and keeps
+    the fewest of its candidate strokes whose union reaches it, or one fewer where that would
+    pass stroke_area_max. The distance to each stroke is computed on a grid of half the image
+    side and interpolated: it is a smooth function, and this costs a quarter of the full grid.
+    """
+    device, size = generator.device, config.image_size
+    shape = (batch_size, STROKE_CANDIDATES)
+
+    def uniform(low: float, high: float, *extra: int) -> torch.Tensor:
+        return low + (high - low) * torch.rand(*shape, *extra, generator=generator, device=device)
+
+    start = uniform(0, 1, 1, 2)
+    turns = uniform(-STROKE_MAX_TURN, STROKE_MAX_TURN, STROKE_SEGMENTS - 1)
+    angles = uniform(0, 2 * math.pi, 1) + F.pad(turns.cumsum(-1), (1, 0))
+    lengths = uniform(*STROKE_SEGMENT_LENGTH, STROKE_SEGMENTS)
+    steps = torch.stack([angles.cos(), angles.sin()], dim=-1) * lengths[..., None]
+    vertices = _reflect_into_unit(torch.cat([start, start + steps.cumsum(2)], dim=2))  # (B, K, segments + 1, 2)
+    radius = uniform(*STROKE_WIDTH, 1, 1) / 2
+
+    grid = max(size // 2, 1)
+    coords = (torch.arange(grid, device=device) + 0.5) / grid
+    rows, cols = coords.view(1, 1, grid, 1), coords.view(1, 1, 1, grid)
+    nearest = None  # squared distance from each grid point to each stroke
+    for segment in range(STROKE_SEGMENTS):
+        start_y, start_x = (vertices[:, :, segment, axis, None, None] for axis in (0, 1))
+        delta = vertices[:, :, segment + 1] - vertices[:, :, segment]
+        delta_y, delta_x = delta[..., 0, None, None], delta[..., 1, None, None]
+        offset_y, offset_x = rows - start_y, cols - start_x
+        along = ((offset_y * delta_y + offset_x * delta_x) / (delta_y.square() + delta_x.square()).clamp_min(1e-12))
+        along = along.clamp_(0, 1)
+        distance = (offset_y - along * delta_y).square_().add_((offset_x - along * delta_x).square_())
+        nearest = distance if nearest is None else torch.minimum(nearest, distance)
+    signed = nearest.sqrt_() - radius
+    inside = F.interpolate(signed, size=(size, size), mode="bilinear", align_corners=False) <= 0
+
+    unions, union = [], torch.zeros(batch_size, size, size, dtype=torch.bool, device=device)
+    for stroke in range(STROKE_CANDIDATES):
+        union = union | inside[:, stroke]
+        unions.append(union)
+    unions = torch.stack(unions, dim=1)
+    coverage = unions.flatten(2).float().mean(-1)
+    target = config.stroke_area_min + (config.stroke_area_max - config.stroke_area_min) * torch.rand(
+        batch_size, 1, generator=generator, device=device)
+    kept = (coverage < target).sum(1).clamp_(max=STROKE_CANDIDATES - 1)
+    rows_index = torch.arange(batch_size, device=device)
+    too_large = (coverage[rows_index, kept] > config.stroke_area_max) & (kept > 0)
+    kept = kept - too_large.long()
+    return unions[rows_index, kept].unsqueeze(1).float()
+
+
+def bounding_boxes(mask: torch.Tensor) -> torch.Tensor:
+    """(top, left, height, width) of the pixels set in each (1, H, W) mask, int64 (batch, 4); all zero if none."""
+    def span(present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = torch.arange(present.shape[1], device=present.device)
+        first = torch.where(present, positions, present.shape[1]).amin(1)
+        last = torch.where(present, positions, -1).amax(1)
+        return first.clamp(max=last.clamp_min(0)), (last - first + 1).clamp_min(0)
+
+    top, height = span(mask[:, 0].amax(2) > 0)
+    left, width = span(mask[:, 0].amax(1) > 0)
+    return torch.stack([top, left, height, width], dim=1)
+
+
+def sample_masks(batch_size: int, config: MaskConfig, generator: torch.Generator,
+                 kind: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, boxes): float (batch, 1, size, size) masks of the configured kind and their bounding boxes.
+
+    `kind` overrides the config's: box, strokes, or mixed (each image a box or strokes with
+    even odds). The boxes (top, left, height, width) place the local discriminator's patch.
+    """
+    kind = kind or config.kind
+    if kind == "box":
+        holes = sample_holes(batch_size, config, generator)
+        return holes_to_mask(holes, config.image_size), holes
+    strokes = sample_strokes(batch_size, config, generator)
+    if kind == "mixed":
+        boxes = holes_to_mask(sample_holes(batch_size, config, generator), config.image_size)
+        use_box = torch.rand(batch_size, generator=generator, device=generator.device) < 0.5
+        strokes = torch.where(use_box[:, None, None, None], boxes, strokes)
+    return strokes, bounding_boxes(strokes)
+
+
 def patch_origins(holes: torch.Tensor, image_size: int, patch_size: int) -> torch.Tensor:
-    """Top-left corners of patch_size squares centred on each hole, shifted to stay in the image."""
+    """Top-left corners of patch_size squares centred on each hole's box, shifted to stay in the image."""
     centres = holes[:, :2] + holes[:, 2:] // 2
     return (centres - patch_size // 2).clamp(0, image_size - patch_size)
 

@@ -6,6 +6,7 @@ Every network here is a plain nn.Module; discriminators return one logit per ima
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
@@ -25,16 +26,38 @@ def conv_norm_act(c_in, c_out, kernel, stride=1, dilation=1, transpose=False, ac
     return nn.Sequential(conv, nn.BatchNorm2d(c_out), activation or nn.ReLU(inplace=True))
 
 
+def upsample_norm_act(c_in, c_out, upsample: str):
+    """Double the resolution without the checkerboard of the paper's 4x4 stride-2 transposed convolution
+    (`transpose`: its kernel overlaps unevenly between neighbouring output pixels, Odena et al. 2016):
+    `resize` resizes (nearest neighbour) and then convolves; `bilinear` convolves at the lower
+    resolution and then resizes (bilinear), a quarter of the arithmetic of `resize`."""
+    if upsample == "transpose":
+        return conv_norm_act(c_in, c_out, 4, stride=2, transpose=True)
+    if upsample == "resize":
+        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv_norm_act(c_in, c_out, 3))
+    return nn.Sequential(conv_norm_act(c_in, c_out, 3), nn.Upsample(scale_factor=2, mode="bilinear"))
+
+
 class CompletionNetwork(nn.Module):
     """GLCIC completion network: strided encoder, four dilated convolutions, deconv decoder.
 
-    Input: 4 channels (image with holes filled by the mean pixel, then the mask).
+    Input: 4 channels (the image with its holes filled as `hole_fill` says, then the mask).
     Output: an RGB image in [0, 1] of the same size.
+
+    With `skips`, the decoder's layers at half and at full resolution also receive the
+    encoder's features of that resolution (as in a U-Net), so that fine detail next to a
+    thin hole need not pass through the quarter-resolution middle. The layers keep their
+    indices either way, so states of both kinds load into a network of their kind.
     """
 
-    def __init__(self, width: float = 1.0):
+    # Decoder layer index -> the encoder layer whose output is joined to its input.
+    SKIPS = {13: 2, 15: 0}
+
+    def __init__(self, width: float = 1.0, upsample: str = "transpose", skips: bool = False, hole_fill: str = "mean"):
         super().__init__()
         c64, c128, c256, c32 = (_channels(c, width) for c in (64, 128, 256, 32))
+        joined = 2 if skips else 1
+        self.skips, self.hole_fill = skips, hole_fill
         self.layers = nn.Sequential(
             conv_norm_act(4, c64, 5),
             conv_norm_act(c64, c128, 3, stride=2),
@@ -45,16 +68,24 @@ class CompletionNetwork(nn.Module):
             *(conv_norm_act(c256, c256, 3, dilation=d) for d in (2, 4, 8, 16)),
             conv_norm_act(c256, c256, 3),
             conv_norm_act(c256, c256, 3),
-            conv_norm_act(c256, c128, 4, stride=2, transpose=True),
-            conv_norm_act(c128, c128, 3),
-            conv_norm_act(c128, c64, 4, stride=2, transpose=True),
-            conv_norm_act(c64, c32, 3),
+            upsample_norm_act(c256, c128, upsample),
+            conv_norm_act(joined * c128, c128, 3),
+            upsample_norm_act(c128, c64, upsample),
+            conv_norm_act(joined * c64, c32, 3),
             nn.Conv2d(c32, 3, 3, padding=1),
             nn.Sigmoid(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        if not self.skips:
+            return self.layers(x)
+        outputs = []
+        for index, layer in enumerate(self.layers):
+            if index in self.SKIPS:
+                x = torch.cat([x, outputs[self.SKIPS[index]]], dim=1)
+            x = layer(x)
+            outputs.append(x)
+        return x
 
 
 def _strided_encoder(size: int, width: float) -> tuple[nn.Sequential, int]:
@@ -90,8 +121,9 @@ class GlobalLocalDiscriminator(nn.Module):
 class InfillGenerator(nn.Module):
     """The small 4-channel generator of the 'Adversarial infill' post, size-preserving."""
 
-    def __init__(self, width: float = 1.0):
+    def __init__(self, width: float = 1.0, hole_fill: str = "mean"):
         super().__init__()
+        self.hole_fill = hole_fill
         c64, c128 = _channels(64, width), _channels(128, width)
         act = lambda: nn.LeakyReLU(0.2, inplace=True)  # noqa: E731
         self.layers = nn.Sequential(
@@ -132,12 +164,37 @@ class CheckerDiscriminator(nn.Module):
 def build_networks(config: ModelConfig) -> tuple[nn.Module, nn.Module]:
     """The (completion network, discriminator) pair for an architecture."""
     if config.arch == "glcic":
-        return CompletionNetwork(config.width), GlobalLocalDiscriminator(config.image_size, config.width)
-    return InfillGenerator(config.width), CheckerDiscriminator(config.width)
+        return (CompletionNetwork(config.width, config.upsample, config.skips, config.hole_fill),
+                GlobalLocalDiscriminator(config.image_size, config.width))
+    return InfillGenerator(config.width, config.hole_fill), CheckerDiscriminator(config.width)
 
 
-def fill_holes(images: torch.Tensor, mask: torch.Tensor, mean_pixel: torch.Tensor) -> torch.Tensor:
-    """Replace hole pixels (mask == 1) by the training set's mean pixel."""
+def smooth_fill(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Holes (mask == 1) filled from the known pixels around them by pull-push interpolation.
+
+    Pull: average the known colours, and the share of known pixels, over ever coarser 2x2
+    blocks. Push: from the coarsest level back up, each level keeps its own known colour
+    where it has one and takes the upsampled coarser estimate for the rest. A hole pixel
+    so gets a smooth blend of the colours around it, nearer ones weighing more (Gortler et
+    al. 1996, The Lumigraph). Any image size; a handful of pooling steps for the whole batch.
+    """
+    known = 1 - mask
+    colours, shares = [images * known], [known]  # colours premultiplied by their share of known pixels
+    while min(colours[-1].shape[-2:]) > 1:
+        colours.append(F.avg_pool2d(colours[-1], 2, ceil_mode=True))
+        shares.append(F.avg_pool2d(shares[-1], 2, ceil_mode=True))
+    filled = colours[-1] / shares[-1].clamp_min(1e-8)
+    for colour, share in zip(reversed(colours[:-1]), reversed(shares[:-1])):
+        coarser = F.interpolate(filled, size=colour.shape[-2:], mode="bilinear", align_corners=False)
+        filled = colour + (1 - share) * coarser
+    return filled
+
+
+def fill_holes(images: torch.Tensor, mask: torch.Tensor, mean_pixel: torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """The images with their hole pixels (mask == 1) replaced: by the training set's mean pixel
+    (`mean`, as in the paper) or smoothly from the known pixels around them (`smooth`)."""
+    if how == "smooth":
+        return smooth_fill(images, mask)
     return torch.lerp(images, mean_pixel.view(1, 3, 1, 1).to(images), mask)
 
 
@@ -147,6 +204,6 @@ def complete(net: nn.Module, images: torch.Tensor, mask: torch.Tensor, mean_pixe
     Discriminators and losses always see this composite, never the raw output, so the
     known pixels are exactly the input's.
     """
-    filled = fill_holes(images, mask, mean_pixel)
+    filled = fill_holes(images, mask, mean_pixel, net.hole_fill)
     raw = net(torch.cat([filled, mask], dim=1))
     return torch.lerp(images, raw.to(images.dtype), mask)

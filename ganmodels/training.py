@@ -17,10 +17,10 @@ from torch import nn
 from .config import MaskConfig, ModelConfig, PhaseConfig
 from .data import TrainingImages, augment
 from .distributed import World
-from .losses import discriminator_loss, generator_adversarial_loss, hole_mse
-from .masks import holes_to_mask, patch_origins, sample_holes
+from .losses import discriminator_loss, generator_adversarial_loss, reconstruction_loss
+from .masks import patch_origins, sample_masks
 from .monitoring import CollapseWatch
-from .networks import build_networks, complete
+from .networks import build_networks, fill_holes
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -30,9 +30,19 @@ class TrainingCollapsed(RuntimeError):
     """The collapse watch ended a phase (on_collapse=stop); the last checkpoint holds the last good state."""
 
 
-def _optimizers(completion, discriminator, config: PhaseConfig, runtime: Runtime):
-    return (runtime.adam(completion.parameters(), lr=config.lr_completion),
-            runtime.adam(discriminator.parameters(), lr=config.lr_discriminator, betas=(0.5, 0.999)))
+def _optimizers(completion, discriminator, runtime: Runtime):
+    # Learning rates and betas are set at every step from the phase's own config (set_learning_rates),
+    # so a state loaded from another phase never carries its settings into this one.
+    return runtime.adam(completion.parameters(), lr=0.0), runtime.adam(discriminator.parameters(), lr=0.0)
+
+
+def set_learning_rates(optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer], config: PhaseConfig,
+                       step: int) -> None:
+    factor = config.lr_factor(step)
+    for optimizer, lr, betas in zip(optimizers, (config.lr_completion, config.lr_discriminator),
+                                    ((0.9, 0.999), (0.5, 0.999))):
+        for group in optimizer.param_groups:
+            group["lr"], group["betas"] = lr * factor, betas
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
@@ -81,16 +91,17 @@ def discriminator_step(discriminator: nn.Module, optimizer: torch.optim.Optimize
     return loss.detach()
 
 
-def completion_step(optimizer: torch.optim.Optimizer, completed: torch.Tensor, real: torch.Tensor,
-                    mask: torch.Tensor, origins: torch.Tensor, discriminator: nn.Module | None,
-                    alpha: float, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
-    """One completion-network update: hole MSE, plus alpha * adversarial loss when a discriminator is given.
+def completion_step(optimizer: torch.optim.Optimizer, output: torch.Tensor, completed: torch.Tensor,
+                    real: torch.Tensor, mask: torch.Tensor, origins: torch.Tensor, discriminator: nn.Module | None,
+                    config: PhaseConfig, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """One completion-network update: the reconstruction loss of its raw `output`, plus alpha times
+    the adversarial loss of the `completed` images when a discriminator is given.
 
     The discriminator is frozen during this step so it receives no gradient from it.
-    Returns the detached (mse, adversarial) losses.
+    Returns the detached (reconstruction, adversarial) losses.
     """
-    mse = hole_mse(completed, real, mask)
-    adversarial = torch.zeros((), device=mse.device)
+    reconstruction = reconstruction_loss(output.float(), real, mask, config.loss, config.known_weight)
+    adversarial = torch.zeros((), device=reconstruction.device)
     if discriminator is not None:
         trainable = [p.requires_grad for p in discriminator.parameters()]
         discriminator.requires_grad_(False)
@@ -99,33 +110,37 @@ def completion_step(optimizer: torch.optim.Optimizer, completed: torch.Tensor, r
         for parameter, flag in zip(discriminator.parameters(), trainable):
             parameter.requires_grad_(flag)
     optimizer.zero_grad(set_to_none=True)
-    (mse + alpha * adversarial).backward()
+    (reconstruction + config.alpha * adversarial).backward()
     optimizer.step()
-    return mse.detach(), adversarial.detach()
+    return reconstruction.detach(), adversarial.detach()
 
 
-def train_step(phase: int, completion: nn.Module, discriminator: nn.Module,
+def train_step(config: PhaseConfig, completion: nn.Module, discriminator: nn.Module,
                optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer], real: torch.Tensor,
-               mask: torch.Tensor, origins: torch.Tensor, mean_pixel: torch.Tensor, alpha: float,
+               mask: torch.Tensor, origins: torch.Tensor, filled: torch.Tensor,
                runtime: Runtime, adversary: nn.Module | None = None) -> torch.Tensor:
-    """One update of a phase on one batch; returns the detached (mse, discriminator, adversarial) losses.
+    """One update of a phase on one batch; returns the detached (reconstruction, discriminator, adversarial) losses.
+
+    `filled` is `real` with its holes filled as the completion network expects (fill_holes).
 
     Phase 1 updates the completion network, phase 2 the discriminator, phase 3 the
     discriminator and then the completion network against it. A loss a phase does not
     compute is 0. `adversary` is the discriminator the completion step is judged by
     (default: `discriminator`); under DDP it is the plain module, outside the wrapper.
     """
-    opt_completion, opt_discriminator = optimizers
+    phase, (opt_completion, opt_discriminator) = config.phase, optimizers
     with runtime.autocast(), torch.set_grad_enabled(phase != 2):
-        completed = complete(completion, real, mask, mean_pixel)
+        output = completion(torch.cat([filled, mask], dim=1))
+    completed = torch.lerp(real, output.to(real.dtype), mask)  # the known pixels are always the input's
     zero = torch.zeros((), device=real.device)
-    mse, loss_d, adversarial = zero, zero, zero
+    reconstruction, loss_d, adversarial = zero, zero, zero
     if phase in (2, 3):
         loss_d = discriminator_step(discriminator, opt_discriminator, real, completed, origins, runtime)
     if phase in (1, 3):
         judge = (adversary or discriminator) if phase == 3 else None
-        mse, adversarial = completion_step(opt_completion, completed, real, mask, origins, judge, alpha, runtime)
-    return torch.stack([mse, loss_d, adversarial])
+        reconstruction, adversarial = completion_step(opt_completion, output, completed, real, mask, origins, judge,
+                                                      config, runtime)
+    return torch.stack([reconstruction, loss_d, adversarial])
 
 
 def train_phase(config: PhaseConfig, model_config: ModelConfig, mask_config: MaskConfig,
@@ -155,7 +170,7 @@ def _train_phase(config, model_config, mask_config, images, mean_pixel, start, r
     device = runtime.torch_device
     torch.manual_seed(config.seed + config.phase)  # fresh weights are seeded; loaded ones overwrite them
     completion, discriminator = (runtime.place(net).train() for net in build_networks(model_config))
-    opt_completion, opt_discriminator = _optimizers(completion, discriminator, config, runtime)
+    opt_completion, opt_discriminator = _optimizers(completion, discriminator, runtime)
     sampler = torch.Generator(device=device).manual_seed(world.seed(config.seed + config.phase))
     mean_pixel = mean_pixel.to(device)
 
@@ -201,7 +216,7 @@ def _train_phase(config, model_config, mask_config, images, mean_pixel, start, r
     trained_discriminator = world.wrap(discriminator) if config.phase != 1 else discriminator
     size, optimizers = model_config.image_size, (opt_completion, opt_discriminator)
     batch_size = world.local_batch(config.batch_size)
-    totals = torch.zeros(3, device=device)  # running sums of (mse, d loss, g adversarial) between log lines
+    totals = torch.zeros(3, device=device)  # running sums of (reconstruction, d loss, adversarial) between log lines
     window_start, window_steps, waited = time.perf_counter(), 0, 0.0
     stream_seed = (config.seed, config.phase, world.rank)  # each rank draws its own share of every batch
     with contextlib.closing(images.batches(batch_size, stream_seed, first_step)) as batches:
@@ -209,11 +224,13 @@ def _train_phase(config, model_config, mask_config, images, mean_pixel, start, r
             stored, seconds_waited = next(batches)
             waited += seconds_waited
             real = augment(stored, size, sampler, runtime.memory_format)
-            holes = sample_holes(batch_size, mask_config, sampler)
-            mask = holes_to_mask(holes, size).contiguous(memory_format=runtime.memory_format)
-            origins = patch_origins(holes, size, model_config.local_size)
-            totals += train_step(config.phase, trained_completion, trained_discriminator, optimizers, real, mask,
-                                 origins, mean_pixel, config.alpha, runtime, adversary=discriminator)
+            mask, boxes = sample_masks(batch_size, mask_config, sampler)
+            mask = mask.contiguous(memory_format=runtime.memory_format)
+            origins = patch_origins(boxes, size, model_config.local_size)
+            set_learning_rates(optimizers, config, step)
+            filled = fill_holes(real, mask, mean_pixel, model_config.hole_fill)
+            totals += train_step(config, trained_completion, trained_discriminator, optimizers, real, mask,
+                                 origins, filled, runtime, adversary=discriminator)
 
             window_steps += 1
             done = step + 1
@@ -221,7 +238,7 @@ def _train_phase(config, model_config, mask_config, images, mean_pixel, start, r
                 means = world.mean(totals / window_steps).tolist()  # the one host synchronisation, every log_every steps
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 row = {"phase": config.phase, "step": done, "steps": config.steps,
-                       "mse": means[0] if config.phase != 2 else None,
+                       "loss_rec": means[0] if config.phase != 2 else None,
                        "loss_d": means[1] if config.phase != 1 else None,
                        "loss_adv": means[2] if config.phase == 3 else None,
                        "images_per_s": window_steps * config.batch_size / elapsed,

@@ -28,7 +28,7 @@ from . import report, sources, storage
 from .base import MANIFEST
 from .imagefiles import ACCEPTED_FORMATS, RejectedImage, _to_rgb
 from .checkpoints import CHECKPOINT_PATTERN, FINAL_STATE, load_state
-from .inpainting import CLASSICAL_RADIUS
+from .evaluation import CLASSICAL_RADIUS
 
 KEY_PARAMETERS = ("dataset", "image_size", "arch", "width", "phase", "steps",
                   "phase1_steps", "phase2_steps", "phase3_steps")
@@ -158,12 +158,17 @@ def progress(run: Run) -> str:
 
 
 def key_metrics(summary: dict) -> str:
-    if methods := report.evaluation_methods(summary):
-        text = f"psnr_hole model {methods['model']['psnr_hole']:.2f}"
-        if baselines := {name: values["psnr_hole"] for name, values in methods.items() if name != "model"}:
-            best = max(baselines, key=baselines.get)
-            text += f", best baseline {best} {baselines[best]:.2f}"
-        return text
+    if evaluation := report.evaluation_summary(summary):
+        parts = []
+        for kind, methods in (evaluation.get("by_kind") or {"all": evaluation["methods"]}).items():
+            text = f"{kind}: psnr_hole model {methods['model']['psnr_hole']:.2f}"
+            if baselines := {name: values["psnr_hole"] for name, values in methods.items() if name != "model"}:
+                best = max(baselines, key=baselines.get)
+                text += f", best baseline {best} {baselines[best]:.2f}"
+            parts.append(text)
+        return "; ".join(parts)
+    if "swd_samples" in summary:
+        return f"patch SWD samples {summary['swd_samples']:.2f}, training images {summary['swd_train_images']:.2f}"
     entries = report.flatten(summary.get("last_log") or summary)
     shown = [f"{name}={value:.4g}" for name, value in entries.items()
              if isinstance(value, (int, float)) and not isinstance(value, bool) and name not in report.NOT_LOSSES]

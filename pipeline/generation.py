@@ -4,12 +4,16 @@ import io
 
 import luigi
 import luigi.util
+import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 
 from ganmodels.dcgan import COLLAPSE_ACTIONS, PROJECTIONS, DCGANConfig
 from ganmodels.dcgan_training import generator_from_state
+from ganmodels.data import to_float
+from ganmodels.inference import generate
+from ganmodels.metrics import patch_swd
 from ganmodels.monitoring import animated_gif, grid_png, latent_walk, loss_curve_png
 
 from . import storage
@@ -20,6 +24,7 @@ from .distributed import TrainingJob, TrainingProcesses
 from .trainers import SNAPSHOT_DIRECTORY
 
 PLOTTED_METRICS = ["loss_d", "loss_g", "d_real", "d_fake"]
+SWD_IMAGES = 1024  # held-out images (and as many samples) the sliced Wasserstein distance compares
 
 
 def _default(field: str):
@@ -134,8 +139,8 @@ class TrainDCGAN(TrainingProcesses, ArtifactTask):
         with self.open_write("loss_curves.png") as file:
             file.write(loss_curve_png(metrics.set_index("step"), PLOTTED_METRICS))
 
-    def write_renders(self, state: dict) -> None:
-        """progress.gif of the snapshots, latent_walk.gif and samples.png, from the EMA weights if any."""
+    def write_renders(self, generator: torch.nn.Module) -> None:
+        """progress.gif of the snapshots, and latent_walk.gif and samples.png from the final generator."""
         frames = []
         for name in self.snapshot_names():
             with storage.open_read(self.path(name)) as file:
@@ -143,7 +148,6 @@ class TrainDCGAN(TrainingProcesses, ArtifactTask):
         with self.open_write("progress.gif") as file:
             file.write(animated_gif(frames, self.gif_frame_ms))
 
-        generator = generator_from_state(state)
         walk = latent_walk(generator, self.walk_keyframes, self.walk_frames_between, self.config.latent_size,
                            self.render_seed)
         with self.open_write("latent_walk.gif") as file:
@@ -154,6 +158,23 @@ class TrainDCGAN(TrainingProcesses, ArtifactTask):
             samples = generator(latents)
         with self.open_write("samples.png") as file:
             file.write(grid_png(samples))
+
+    def sample_quality(self, generator: torch.nn.Module) -> dict:
+        """Patch SWD of samples against held-out real images (val and test), next to that of as many
+        training images, the floor a generator that reproduced the training set would reach."""
+        prepared = self.requires()
+        held_out = [array for split in ("val", "test") for array in prepared.split_arrays(split)]
+        count = min(SWD_IMAGES, sum(len(array) for array in held_out))
+        if count < 2:
+            log.info("%s: no held-out images (val and test are empty), so no sliced Wasserstein distance",
+                     self.get_task_family())
+            return {}
+        real = to_float(np.concatenate(held_out)[:count], "cpu")
+        train = to_float(np.concatenate(prepared.split_arrays("train"))[:count], "cpu")
+        latents = torch.randn(count, self.config.latent_size, generator=torch.Generator().manual_seed(self.render_seed + 1))
+        samples = generate(generator, latents)
+        return {"swd_samples": patch_swd(real, samples), "swd_train_images": patch_swd(real, train),
+                "swd_images": count}
 
     def build(self):
         job = TrainingJob(task=self.task_id, directory=self.directory, kind="dcgan",
@@ -171,7 +192,12 @@ class TrainDCGAN(TrainingProcesses, ArtifactTask):
                 f"Last good checkpoint: {checkpoint}; metrics.csv and loss_curves.png in {self.directory} show the "
                 f"run. Running again resumes from that checkpoint and meets the same collapse: change the training "
                 f"parameters (lr, labels, width) or set on_collapse=warn.")
-        self.write_renders(load_state(self.path(FINAL_STATE)))
+        generator = generator_from_state(load_state(self.path(FINAL_STATE)))  # the EMA weights, if any
+        self.write_renders(generator)
+        quality = self.sample_quality(generator)
+        if quality:
+            log.info("%s: patch SWD of %d samples against held-out images %.2f (training images: %.2f)",
+                     self.get_task_family(), quality["swd_images"], quality["swd_samples"], quality["swd_train_images"])
         return {"steps": result["step"], "device": result["device"], "world_size": result["world_size"],
                 "ema": result["ema"], "snapshots": len(self.snapshot_names()),
-                "last_log": history[-1] if history else {}}
+                "last_log": history[-1] if history else {}, **quality}

@@ -1,15 +1,13 @@
 """Tasks that train, render and evaluate the GLCIC inpainter, and the end task TrainInpainter."""
-import cv2
 import luigi
 import luigi.util
 import numpy as np
 import pandas as pd
 import torch
 
-from ganmodels.config import ARCHITECTURES, COLLAPSE_ACTIONS, MaskConfig, ModelConfig, PhaseConfig
+from ganmodels.config import (ARCHITECTURES, COLLAPSE_ACTIONS, HOLE_FILLS, LR_SCHEDULES, MASK_KINDS, RECONSTRUCTION_LOSSES,
+                              UPSAMPLING, MaskConfig, ModelConfig, PhaseConfig)
 from ganmodels.data import to_float
-from ganmodels.masks import holes_to_mask, sample_holes
-from ganmodels.metrics import inpainting_metrics
 from ganmodels.networks import complete, fill_holes
 from ganmodels.runtime import DATA_PLACEMENTS
 from ganmodels.training import load_completion
@@ -19,6 +17,7 @@ from .base import ArtifactTask, configured, log
 from .checkpoints import FINAL_STATE, latest_checkpoint, load_state
 from .data import PrepareImages, splits_by_fraction
 from .distributed import TrainingJob, TrainingProcesses
+from .evaluation import EVALUATION_KINDS, baseline_fills, evaluate_fills, evaluation_masks, summarise, weighted_measures
 
 
 @luigi.util.inherits(PrepareImages)
@@ -28,12 +27,29 @@ class PretrainCompletion(TrainingProcesses, ArtifactTask):
     phase = 1
     arch = luigi.ChoiceParameter(default="glcic", choices=ARCHITECTURES, description="glcic (paper) or infill (small)")
     width = luigi.FloatParameter(default=0.25, description="Channel multiplier; 1.0 is the paper's width")
-    hole_min = luigi.FloatParameter(default=0.25, description="Smallest hole side, as a fraction of image_size")
-    hole_max = luigi.FloatParameter(default=0.5, description="Largest hole side, as a fraction of image_size")
-    hole_margin = luigi.FloatParameter(default=0.0, description="Holes keep this fraction of image_size from borders")
+    upsample = luigi.ChoiceParameter(default="transpose", choices=UPSAMPLING,
+                                     description="Decoder upsampling: transpose (paper) or resize (nearest + conv)")
+    skips = luigi.BoolParameter(default=False, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                description="glcic: skip connections from the encoder to the decoder (U-Net)")
+    hole_fill = luigi.ChoiceParameter(default="mean", choices=HOLE_FILLS,
+                                      description="What the network sees in the holes: the mean pixel (paper) or "
+                                                  "a smooth fill from the known pixels around them")
+    mask_kind = luigi.ChoiceParameter(default="box", choices=MASK_KINDS,
+                                      description="Training holes: box, strokes (free-form) or mixed")
+    hole_min = luigi.FloatParameter(default=0.25, description="Smallest box side, as a fraction of image_size")
+    hole_max = luigi.FloatParameter(default=0.5, description="Largest box side, as a fraction of image_size")
+    hole_margin = luigi.FloatParameter(default=0.0, description="Boxes keep this fraction of image_size from borders")
+    stroke_area_min = luigi.FloatParameter(default=0.1, description="Smallest share of the image brush strokes cover")
+    stroke_area_max = luigi.FloatParameter(default=0.4, description="Largest share of the image brush strokes cover")
     batch_size = luigi.IntParameter(default=16)
-    lr_completion = luigi.FloatParameter(default=1e-3)
-    lr_discriminator = luigi.FloatParameter(default=1e-4)
+    lr_completion = luigi.FloatParameter(default=1e-3, description="Adam learning rate of the completion network")
+    loss = luigi.ChoiceParameter(default="mse", choices=RECONSTRUCTION_LOSSES,
+                                 description="Reconstruction loss of the completion network: mse or l1")
+    known_weight = luigi.FloatParameter(default=0.0, description="Weight of the reconstruction loss on known pixels")
+    lr_schedule = luigi.ChoiceParameter(default="constant", choices=LR_SCHEDULES,
+                                        description="Learning rates over each phase: constant or cosine")
+    lr_final = luigi.FloatParameter(default=0.01, description="cosine: the share of the rates left at the end")
+    warmup_steps = luigi.IntParameter(default=0, description="Steps of linear learning-rate warm-up per phase")
     seed = luigi.IntParameter(default=0)
     phase1_steps = luigi.IntParameter(default=3000)
     checkpoint_every = luigi.IntParameter(default=100, significant=False)
@@ -52,14 +68,18 @@ class PretrainCompletion(TrainingProcesses, ArtifactTask):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.model_config = ModelConfig(arch=self.arch, image_size=self.image_size, width=self.width)
-        self.mask_config = configured(MaskConfig, {"margin": "hole_margin"}, image_size=self.image_size,
-                                      hole_min=self.hole_min, hole_max=self.hole_max, margin=self.hole_margin)
-        self.phase_config = configured(
-            PhaseConfig, {"steps": f"phase{self.phase}_steps", "learning rates": "lr_completion and lr_discriminator"},
-            phase=self.phase, batch_size=self.batch_size, lr_completion=self.lr_completion,
-            lr_discriminator=self.lr_discriminator, checkpoint_every=self.checkpoint_every,
-            log_every=self.log_every, seed=self.seed, **self.phase_settings())
+        self.model_config = configured(ModelConfig, {}, arch=self.arch, image_size=self.image_size, width=self.width,
+                                       upsample=self.upsample, skips=self.skips, hole_fill=self.hole_fill)
+        self.mask_config = configured(MaskConfig, {"margin": "hole_margin", "mask kind": "mask_kind"},
+                                      image_size=self.image_size, kind=self.mask_kind, hole_min=self.hole_min,
+                                      hole_max=self.hole_max, margin=self.hole_margin,
+                                      stroke_area_min=self.stroke_area_min, stroke_area_max=self.stroke_area_max)
+        common = dict(phase=self.phase, batch_size=self.batch_size, lr_completion=self.lr_completion,
+                      loss=self.loss, known_weight=self.known_weight, lr_schedule=self.lr_schedule,
+                      lr_final=self.lr_final, warmup_steps=self.warmup_steps, checkpoint_every=self.checkpoint_every,
+                      log_every=self.log_every, seed=self.seed)
+        self.phase_config = configured(PhaseConfig, {"steps": f"phase{self.phase}_steps", **self.renamed_settings()},
+                                       **{**common, **self.phase_settings()})
         # The grids show val images and the evaluation measures the test split: refuse before any training.
         if splits_by_fraction(self.dataset, self.official_split):
             for name in ("val_fraction", "test_fraction"):
@@ -78,6 +98,10 @@ class PretrainCompletion(TrainingProcesses, ArtifactTask):
         """The PhaseConfig fields that differ between phases."""
         return {"steps": self.phase1_steps}
 
+    def renamed_settings(self) -> dict:
+        """PhaseConfig fields that this phase's parameters call otherwise, for messages."""
+        return {}
+
     def requires(self):
         return {"shards": self.clone(PrepareImages)}
 
@@ -93,7 +117,7 @@ class PretrainCompletion(TrainingProcesses, ArtifactTask):
         return previous.path(FINAL_STATE) if previous else None
 
     def log_row(self, row: dict) -> None:
-        losses = ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k in ("mse", "loss_d", "loss_adv") and v is not None)
+        losses = ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k in ("loss_rec", "loss_d", "loss_adv") and v is not None)
         message = (f"phase {row['phase']} step {row['step']}/{row['steps']}: {losses}, "
                    f"{row['images_per_s']:.1f} images/s, waiting for data {row['data_wait']:.1%}")
         log.info("%s %s", self.get_task_family(), message)
@@ -125,9 +149,10 @@ class PretrainDiscriminator(PretrainCompletion):
 
     phase = 2
     phase2_steps = luigi.IntParameter(default=200)
+    lr_discriminator = luigi.FloatParameter(default=1e-4, description="Adam learning rate of the discriminator")
 
     def phase_settings(self) -> dict:
-        return {"steps": self.phase2_steps}
+        return {"steps": self.phase2_steps, "lr_discriminator": self.lr_discriminator}
 
     def requires(self):
         return {"shards": self.clone(PrepareImages), "previous": self.clone(PretrainCompletion)}
@@ -138,6 +163,8 @@ class TrainJoint(PretrainDiscriminator):
 
     phase = 3
     phase3_steps = luigi.IntParameter(default=400)
+    lr_joint = luigi.FloatParameter(default=1e-3, description="Adam learning rate of the completion network in "
+                                                              "phase 3 (phase 1's is lr_completion)")
     alpha = luigi.FloatParameter(default=4e-4, description="Weight of the adversarial loss (paper: 0.0004)")
 
     on_collapse = luigi.ChoiceParameter(default="warn", choices=COLLAPSE_ACTIONS, significant=False,
@@ -148,8 +175,12 @@ class TrainJoint(PretrainDiscriminator):
                                                  description="Discriminator loss below which it is winning")
 
     def phase_settings(self) -> dict:
-        return {"steps": self.phase3_steps, "alpha": self.alpha, "on_collapse": self.on_collapse,
-                "collapse_window": self.collapse_window, "collapse_d_loss_floor": self.collapse_d_loss_floor}
+        return {"steps": self.phase3_steps, "lr_discriminator": self.lr_discriminator, "lr_completion": self.lr_joint,
+                "alpha": self.alpha, "on_collapse": self.on_collapse, "collapse_window": self.collapse_window,
+                "collapse_d_loss_floor": self.collapse_d_loss_floor}
+
+    def renamed_settings(self) -> dict:
+        return {"lr_completion": "lr_joint"}
 
     def requires(self):
         return {"shards": self.clone(PrepareImages), "previous": self.clone(PretrainDiscriminator)}
@@ -166,15 +197,10 @@ class EvaluationParameters:
     eval_batch_size = luigi.IntParameter(default=64, significant=False)
 
 
-def fixed_masks(count: int, mask_config: MaskConfig, seed: int) -> torch.Tensor:
-    """The same masks on every device and run: drawn on the CPU from a seeded generator."""
-    generator = torch.Generator().manual_seed(seed)
-    return holes_to_mask(sample_holes(count, mask_config, generator), mask_config.image_size)
-
-
 @luigi.util.inherits(TrainJoint)
 class RenderEvalGrid(EvaluationParameters, ArtifactTask):
-    """A PNG grid of fixed validation images with fixed masks: masked input | completion | original."""
+    """A PNG grid of fixed validation images under fixed masks, boxes then strokes:
+    each row is masked input | completion | original."""
 
     phase = luigi.ChoiceParameter(default=3, choices=(1, 2, 3), var_type=int)
 
@@ -186,71 +212,44 @@ class RenderEvalGrid(EvaluationParameters, ArtifactTask):
         val = shards.split_arrays("val")
         images = to_float(np.concatenate([shard[: self.grid_images] for shard in val])[: self.grid_images], "cpu")
         mean_pixel = torch.tensor(shards.mean_pixel())
-        mask = fixed_masks(len(images), model_task.mask_config, self.eval_seed)
         completion = load_completion(load_state(model_task.path(FINAL_STATE)))
-        with torch.no_grad():
-            completed = complete(completion, images, mask, mean_pixel)
-        rows = torch.stack([fill_holes(images, mask, mean_pixel), completed, images], dim=1).flatten(0, 1)
+        rows = []
+        for index, kind in enumerate(EVALUATION_KINDS):
+            mask = evaluation_masks(len(images), model_task.mask_config, kind, self.eval_seed + index)
+            with torch.no_grad():
+                completed = complete(completion, images, mask, mean_pixel)
+            rows.append(torch.stack([fill_holes(images, mask, mean_pixel), completed, images], dim=1).flatten(0, 1))
         from torchvision.utils import make_grid, save_image  # here: its import takes seconds (torch._dynamo)
 
         with self.open_write("grid.png") as file:
-            save_image(make_grid(rows, nrow=3, padding=2, pad_value=1.0), file, format="png")
-        return {"phase": self.phase, "images": len(images)}
-
-
-CLASSICAL_METHODS = {"telea": cv2.INPAINT_TELEA, "navier_stokes": cv2.INPAINT_NS}
-CLASSICAL_RADIUS = 3  # neighbourhood, in pixels, that OpenCV's inpainting draws each hole pixel from
-
-
-def classical_inpaint(images: torch.Tensor, mask: torch.Tensor, method: str) -> torch.Tensor:
-    """OpenCV's inpainting of each image (CPU, float in [0, 1]), pasted into the known pixels like the model's."""
-    pixels = np.ascontiguousarray(images.mul(255).round().byte().permute(0, 2, 3, 1).numpy())
-    holes = mask[:, 0].byte().numpy()
-    filled = np.stack([cv2.inpaint(image, hole, CLASSICAL_RADIUS, CLASSICAL_METHODS[method])
-                       for image, hole in zip(pixels, holes)])
-    return torch.lerp(images, to_float(filled, "cpu").permute(0, 3, 1, 2), mask)
+            save_image(make_grid(torch.cat(rows), nrow=3, padding=2, pad_value=1.0), file, format="png")
+        return {"phase": self.phase, "images": len(images), "kinds": list(EVALUATION_KINDS)}
 
 
 @luigi.util.inherits(TrainJoint)
 class EvaluateInpainter(EvaluationParameters, ArtifactTask):
-    """PSNR and L1 inside the holes and SSIM of the whole image over the test split.
-
-    The model is measured next to the mean-fill input (the floor) and OpenCV's Telea and
-    Navier-Stokes inpainting (classical baselines) on the same images and masks.
-    """
+    """The model against the floor (mean fill) and OpenCV's Telea and Navier-Stokes on the test split,
+    under seeded boxes and brush strokes: pixel metrics per image, realism measures per set,
+    reported per mask kind and hole-area bucket (pipeline.evaluation)."""
 
     def requires(self):
         return {"shards": self.clone(PrepareImages), "model": self.clone(TrainJoint)}
 
     def build(self):
         shards, model_task = self.requires()["shards"], self.requires()["model"]
-        test = shards.split_arrays("test")
-        if not test:
-            raise RuntimeError("the test split is empty; raise test_fraction or add images")
         mean_pixel = torch.tensor(shards.mean_pixel())
         completion = load_completion(load_state(model_task.path(FINAL_STATE)))
-        frames, offset = [], 0
-        for shard in test:
-            masks = fixed_masks(len(shard), model_task.mask_config, self.eval_seed + offset)
-            for start in range(0, len(shard), self.eval_batch_size):
-                images = to_float(shard[start:start + self.eval_batch_size], "cpu")
-                mask = masks[start:start + len(images)]
-                with torch.no_grad():
-                    candidates = {"model": complete(completion, images, mask, mean_pixel),
-                                  "mean_fill": fill_holes(images, mask, mean_pixel),
-                                  **{name: classical_inpaint(images, mask, name) for name in CLASSICAL_METHODS}}
-                for method, predicted in candidates.items():
-                    values = {k: v.numpy() for k, v in inpainting_metrics(predicted, images, mask).items()}
-                    frames.append(pd.DataFrame({"method": method, "image": range(offset + start, offset + start + len(images)),
-                                                **values}))
-            offset += len(shard)
-        per_image = pd.concat(frames, ignore_index=True)
-        summary = per_image.groupby("method")[["psnr_hole", "l1_hole", "ssim"]].mean()
+        fills = {"model": lambda images, mask: complete(completion, images, mask, mean_pixel),
+                 **baseline_fills(mean_pixel)}
+        per_image, realism = evaluate_fills(shards.split_arrays("test"), fills, model_task.mask_config,
+                                            self.eval_seed, self.eval_batch_size, measures=weighted_measures())
         with self.open_write("metrics.csv") as file:
             per_image.to_csv(file, index=False)
-        metrics = {"n_images": offset, "methods": summary.to_dict(orient="index")}
+        with self.open_write("realism.csv") as file:
+            realism.to_csv(file, index=False)
+        metrics = summarise(per_image, realism)
         self.write_json("metrics.json", metrics)
-        log.info("EvaluateInpainter:\n%s", summary.to_string())
+        log.info("EvaluateInpainter:\n%s", pd.DataFrame(metrics["methods"]).T.to_string())
         return metrics
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import storage
+from .evaluation import HIGHER_IS_BETTER
 
 IMAGES = "images"
 NOT_LOSSES = ("phase", "step", "steps", "images_per_s")
@@ -19,7 +20,6 @@ METHOD_ROLES = {"model": "model", "mean_fill": "floor: the mean-filled input",
                 "telea": "classical baseline (OpenCV Telea)",
                 "navier_stokes": "classical baseline (OpenCV Navier-Stokes)"}
 GRID_LEGENDS = {"RenderEvalGrid": "each row is masked input | completion | original"}
-HIGHER_IS_BETTER = {"psnr_hole": True, "l1_hole": False, "ssim": True}
 STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
@@ -139,16 +139,43 @@ def metrics_table(methods: dict) -> str:
     return f"<table><tr>{header}</tr>{''.join(rows)}</table><ul>{''.join(verdicts)}</ul>"
 
 
+def area_table(buckets: dict) -> str:
+    """Hole PSNR of every method per hole-area bucket, with the number of images in each."""
+    table = pd.DataFrame({bucket: {method: values["psnr_hole"] for method, values in methods.items()}
+                          for bucket, methods in sorted(buckets.items())})
+    counts = {bucket: next(iter(methods.values()))["n"] for bucket, methods in buckets.items()}
+    header = "".join(f"<th>{html.escape(bucket)} of the image ({counts[bucket]} images)</th>" for bucket in table)
+    rows = "".join(f"<tr class=\"{'model' if name == 'model' else ''}\"><td>{html.escape(name)}</td>"
+                   + "".join(f"<td>{value:.2f}</td>" for value in row) + "</tr>"
+                   for name, row in table.loc[sorted(table.index, key=lambda n: (n != "model", n))].iterrows())
+    return f"<table><tr><th>hole PSNR (dB) by hole area</th>{header}</tr>{rows}</table>"
+
+
+def evaluation_summary(summary: dict) -> dict | None:
+    """An EvaluateInpainter summary, also when nested in TrainInpainter's."""
+    found = summary if "methods" in summary else summary.get("metrics_summary", {})
+    return found if found.get("methods") else None
+
+
 def evaluation_methods(summary: dict) -> dict | None:
     """Per-method test metrics of an EvaluateInpainter summary, also when nested in TrainInpainter's."""
-    return summary.get("methods") or summary.get("metrics_summary", {}).get("methods")
+    return (evaluation_summary(summary) or {}).get("methods")
+
+
+def evaluation_sections(evaluation: dict, source: str) -> str:
+    """The metrics per mask kind with the hole-area buckets, or overall for evaluations that had no kinds."""
+    if not evaluation.get("by_kind"):
+        return _section(f"Test metrics (from {source})", metrics_table(evaluation["methods"]))
+    return "".join(_section(f"Test metrics, {kind} holes (from {source})",
+                            metrics_table(methods) + area_table(evaluation["by_area"].get(kind, {})))
+                   for kind, methods in evaluation["by_kind"].items())
 
 
 def _evaluation(runs: list) -> tuple[dict, str] | None:
-    """(per-method metrics, the run they come from) of the nearest evaluation in the chain."""
+    """(evaluation summary, the run it comes from) of the nearest evaluation in the chain."""
     for run in runs:
-        if methods := evaluation_methods(run.summary):
-            return methods, run.name
+        if evaluation := evaluation_summary(run.summary):
+            return evaluation, run.name
     return None
 
 
@@ -162,9 +189,8 @@ def write_report(run, chain: list, out: str) -> str:
     status = (f"complete, finished {pd.Timestamp(run.manifest['finished']):%Y-%m-%d %H:%M} UTC" if run.complete
               else "incomplete")
     body = [f"<h1>{html.escape(run.name)}</h1><p>{html.escape(run.family)}: {html.escape(status)}</p>"]
-    if evaluation := _evaluation(chain):
-        methods, source = evaluation
-        body.append(_section(f"Test metrics (from {source})", metrics_table(methods)))
+    if found := _evaluation(chain):
+        body.append(evaluation_sections(*found))
     if figures := copy_images(chain, out):
         body.append(_section("Evaluation grids and images", figures))
     history = training_history(chain)

@@ -19,7 +19,7 @@ from PIL import Image
 from . import downloads
 
 DATASETS = ("sample", "folder", "flowers", "celeba", "paintings", "digits")
-OFFICIAL_SPLIT_DATASETS = ("flowers", "celeba", "digits")  # with a published train/val/test split
+OFFICIAL_SPLIT_DATASETS = ("sample", "flowers", "celeba", "digits")  # with their own train/val/test split
 # Datasets that read their files from `source`: a folder of images, or of archives
 # downloaded by hand (for celeba and paintings, where it is optional).
 SOURCE_DATASETS = ("folder", "celeba", "paintings")
@@ -32,6 +32,11 @@ SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunoh
 SAMPLE_CROPS_PER_PHOTO = 52
 SAMPLE_CROP_SIZE = 128
 SAMPLE_VERSION = "sample-v1"
+# Crops of one photograph share its content, so a split of crops would test on photographs the
+# model trained on. The split is by photograph instead: a colour photograph and a greyscale one,
+# unlike any training photograph in subject, are held out for testing, one more for validation.
+SAMPLE_SPLIT = {"chelsea": "test", "camera": "test", "coffee": "val"}
+SAMPLE_SPLIT_VERSION = "split by photograph v1"
 
 
 class datasets(luigi.Config):
@@ -106,7 +111,8 @@ def resolve(dataset: str, source: str = "", paintings_parts=(1,)) -> Source:
     source_dir = os.path.abspath(os.path.expanduser(source)) if source else None
     if dataset == "sample":
         folder = sample_folder(download_dir)
-        return Source(folder, list_files(folder), None)
+        files = list_files(folder)
+        return Source(folder, files, {path: SAMPLE_SPLIT.get(path.split("/")[0], "train") for path in files})
     if dataset == "folder":
         if not source_dir or not os.path.isdir(source_dir):
             raise ValueError(f"dataset=folder needs source= an existing directory of images, got {source!r}")
@@ -148,19 +154,19 @@ def _painting_files(images: Path, parts) -> list[str]:
     return sorted(files)
 
 
-def fingerprint(dataset: str, source: str = "", paintings_parts=(1,)) -> str | None:
-    """What identifies the dataset's content beyond the task's own parameters, known before
-    anything is fetched, or None (sample: versioned by its folder name)."""
+def fingerprint(dataset: str, source: str = "", paintings_parts=(1,)) -> str:
+    """What identifies the dataset's content and split beyond the task's own parameters, known
+    before anything is fetched."""
+    if dataset == "sample":
+        return f"{SAMPLE_VERSION}, {SAMPLE_SPLIT_VERSION}"
     if dataset == "folder":
         return folder_fingerprint(source)
     if dataset in ("flowers", "celeba", "digits"):
         return " ".join(value for key, value in sorted(settings(dataset).items()) if key.endswith("md5"))
-    if dataset == "paintings":
-        # No published checksums: archives downloaded by hand are known by size and date.
-        archives = [Path(os.path.expanduser(source), f"train_{part}.zip") for part in paintings_parts] if source else []
-        stats = [f"{path.name} {path.stat().st_size} {path.stat().st_mtime_ns}" for path in archives if path.is_file()]
-        return " ".join([paintings().competition, *stats])
-    return None
+    # paintings: no published checksums, so archives downloaded by hand are known by size and date.
+    archives = [Path(os.path.expanduser(source), f"train_{part}.zip") for part in paintings_parts] if source else []
+    stats = [f"{path.name} {path.stat().st_size} {path.stat().st_mtime_ns}" for path in archives if path.is_file()]
+    return " ".join([paintings().competition, *stats])
 
 
 def sample_folder(download_dir: str) -> str:

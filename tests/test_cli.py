@@ -52,7 +52,8 @@ def test_runs_lists_every_task_directory_with_its_status_and_filters(run_root, c
     incomplete = next(row for row in rows if "0123456789" in row)
     assert "incomplete: checkpoint at step 3, last write" in incomplete
     final = next(row for row in rows if row.lstrip().startswith("TrainInpainter"))
-    assert "psnr_hole model" in final and "best baseline" in final and "phase3_steps=4" in final
+    assert "box: psnr_hole model" in final and "strokes: psnr_hole model" in final and "best baseline" in final
+    assert "phase3_steps=4" in final
 
     assert len(table_rows(run_command(capsys, "runs", "--root", run_root, "--family", "rendereVALgrid")[1])) == 3
     assert "no matching runs" in run_command(capsys, "runs", "--root", run_root, "--family", "RenderEval")[1]

@@ -164,6 +164,21 @@ def test_paintings_without_kaggle_credentials_say_what_to_do(artifact_root, tmp_
     assert re.search("DownloadError: No Kaggle credentials.*kaggle.json.*by hand", log)
 
 
+def test_the_offline_sample_is_split_by_photograph(artifact_root):
+    _, summary, splits, _ = prepare(dataset="sample", image_size=32)
+    photo_splits = {}
+    for path, split in splits.items():
+        photo_splits.setdefault(path.split("/")[0], set()).add(split)
+    assert all(len(found) == 1 for found in photo_splits.values())  # no photograph is in two splits
+    assert {photo for photo, found in photo_splits.items() if found != {"train"}} == set(sources.SAMPLE_SPLIT)
+    assert {photo: found.pop() for photo, found in photo_splits.items() if photo in sources.SAMPLE_SPLIT} == \
+        sources.SAMPLE_SPLIT
+    assert summary["split"] == "official"
+    crops = sources.SAMPLE_CROPS_PER_PHOTO
+    assert summary["split_counts"] == {"train": crops * (len(sources.SAMPLE_PHOTOS) - 3), "val": crops,
+                                       "test": 2 * crops}
+
+
 def test_source_is_refused_where_the_dataset_takes_none(tmp_path):
     with pytest.raises(ValueError, match="dataset=flowers takes no source"):
         PrepareImages(dataset="flowers", source=str(tmp_path))

@@ -12,7 +12,7 @@ from bench.plain import PLAIN_RUNTIME_SETTINGS, reference_holes, reference_mask
 from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig
 from ganmodels.data import ImageBank, ShardRows, StreamedImages, augment, training_images
 from ganmodels.masks import holes_to_mask, patch_origins, sample_holes
-from ganmodels.networks import build_networks
+from ganmodels.networks import build_networks, fill_holes
 from ganmodels.runtime import Runtime
 from ganmodels.training import train_phase, train_step
 
@@ -41,7 +41,9 @@ def _train_steps(runtime: Runtime, phase: int, real, mask, origins, steps=2) -> 
     if phase == 2:
         completion.eval()
     real, mask = (t.contiguous(memory_format=runtime.memory_format) for t in (real, mask))
-    return [train_step(phase, completion, discriminator, optimizers, real, mask, origins, MEAN, 0.5, runtime)
+    config = PhaseConfig(phase=phase, steps=steps, alpha=0.5)
+    filled = fill_holes(real, mask, MEAN)
+    return [train_step(config, completion, discriminator, optimizers, real, mask, origins, filled, runtime)
             for _ in range(steps)]
 
 

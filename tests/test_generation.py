@@ -29,6 +29,10 @@ def _build(task):
     return luigi.build([task], local_scheduler=True, log_level="WARNING")
 
 
+def _split_counts(task) -> dict:
+    return storage.read_json(task.requires().path("manifest.json"))["summary"]["split_counts"]
+
+
 def test_training_writes_every_artifact(artifact_root, image_folder):
     task = pipeline.TrainDCGAN(source=image_folder, **TINY, steps=7, snapshot_every=3, log_every=2,
                                checkpoint_every=3, ema_decay=0.9)
@@ -36,6 +40,9 @@ def test_training_writes_every_artifact(artifact_root, image_folder):
 
     manifest = storage.read_json(task.path("manifest.json"))
     assert manifest["config"]["dcgan"]["latent_size"] == 8 and manifest["summary"]["steps"] == 7
+    summary = manifest["summary"]  # samples against the held-out val and test images, next to the floor
+    held_out = sum(manifest_counts for split, manifest_counts in _split_counts(task).items() if split != "train")
+    assert summary["swd_images"] == held_out and summary["swd_samples"] > summary["swd_train_images"] > 0
     assert set(manifest["files"]) == {
         "model.pt", "metrics.csv", "loss_curves.png", "progress.gif", "latent_walk.gif", "samples.png",
         "snapshots/step-0000003.png", "snapshots/step-0000006.png", "snapshots/step-0000007.png",

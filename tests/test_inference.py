@@ -7,7 +7,7 @@ from ganmodels.config import ModelConfig
 from ganmodels.inference import generate, latent_walks, paste, predict, size_multiple
 from ganmodels.metrics import hole_l1
 from ganmodels.networks import CompletionNetwork, InfillGenerator, build_networks, complete, fill_holes
-from pipeline.inpainting import CLASSICAL_METHODS, classical_inpaint
+from pipeline.evaluation import CLASSICAL_METHODS, classical_inpaint
 
 
 def smooth_images(count: int, height: int, width: int) -> torch.Tensor:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig
-from ganmodels.masks import crop_patches, holes_to_mask, patch_origins, sample_holes
+from ganmodels.masks import bounding_boxes, crop_patches, holes_to_mask, patch_origins, sample_holes, sample_masks
 from ganmodels.networks import CompletionNetwork, complete
 
 
@@ -61,7 +61,56 @@ def test_completion_keeps_known_pixels_exactly():
     lambda: ModelConfig(arch="unet"),
     lambda: PhaseConfig(phase=4, steps=10),
     lambda: PhaseConfig(phase=1, steps=0),
+    lambda: MaskConfig(image_size=64, kind="circles"),
+    lambda: MaskConfig(image_size=64, stroke_area_min=0.5, stroke_area_max=0.3),
+    lambda: ModelConfig(upsample="bilinear"),
+    lambda: PhaseConfig(phase=1, steps=10, loss="huber"),
+    lambda: PhaseConfig(phase=1, steps=10, lr_final=2.0),
 ])
 def test_bad_values_raise_clear_errors(make):
     with pytest.raises(ValueError, match="must|need|do not fit"):
         make()
+
+
+def _coverage(mask):
+    return mask.flatten(1).mean(1)
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_strokes_cover_the_drawn_share_of_the_image(size):
+    config = MaskConfig(image_size=size, kind="strokes", stroke_area_min=0.1, stroke_area_max=0.4)
+    mask = sample_masks(2000, config, torch.Generator().manual_seed(0))[0]
+    coverage = _coverage(mask)
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    assert coverage.max() <= 0.4 and (coverage >= 0.1).float().mean() > 0.98
+    # Spread over the whole range, not bunched at one end.
+    assert coverage.quantile(0.1) < 0.2 and coverage.quantile(0.9) > 0.3
+
+
+def test_masks_are_the_same_for_the_same_seed_and_differ_for_another():
+    config = MaskConfig(image_size=32, kind="mixed")
+    first, boxes = sample_masks(64, config, torch.Generator().manual_seed(5))
+    again, boxes_again = sample_masks(64, config, torch.Generator().manual_seed(5))
+    assert torch.equal(first, again) and torch.equal(boxes, boxes_again)
+    assert not torch.equal(first, sample_masks(64, config, torch.Generator().manual_seed(6))[0])
+
+
+def test_mixed_masks_are_boxes_or_strokes_with_even_odds():
+    mask, _ = sample_masks(1000, MaskConfig(image_size=32, kind="mixed"), torch.Generator().manual_seed(1))
+    boxes = bounding_boxes(mask)
+    box_area = (boxes[:, 2] * boxes[:, 3]).float() / 32 ** 2
+    is_rectangle = torch.isclose(_coverage(mask), box_area)  # a mask that fills its bounding box
+    assert 0.4 < is_rectangle.float().mean() < 0.6
+
+
+def test_bounding_boxes_are_tight_and_place_the_local_patch_on_the_strokes():
+    mask, boxes = sample_masks(200, MaskConfig(image_size=64, kind="strokes"), torch.Generator().manual_seed(2))
+    for one, (top, left, height, width) in zip(mask[:, 0], boxes.tolist()):
+        rows, cols = one.nonzero(as_tuple=True)
+        assert (top, left) == (rows.min(), cols.min())
+        assert (top + height - 1, left + width - 1) == (rows.max(), cols.max())
+    origins = patch_origins(boxes, 64, 32)
+    centres = boxes[:, :2] + boxes[:, 2:] // 2
+    inside = (centres >= origins) & (centres < origins + 32)
+    assert inside.all()
+    assert torch.equal(bounding_boxes(torch.zeros(1, 1, 8, 8)), torch.zeros(1, 4, dtype=torch.long))

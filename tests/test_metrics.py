@@ -37,3 +37,76 @@ def test_ssim_is_one_for_identical_images_and_lower_for_noise():
     noisy = (images + 0.3 * torch.randn_like(images)).clamp(0, 1)
     assert (ssim(noisy, images) < 0.9).all()
     assert set(inpainting_metrics(noisy, images, _square_mask())) == {"psnr_hole", "l1_hole", "ssim"}
+
+
+# --- realism measures -----------------------------------------------------------------------------
+
+def _faces(count=64, size=32, seed=0):
+    """Smooth random images with edges: enough structure that blur and pasting show."""
+    generator = torch.Generator().manual_seed(seed)
+    low = torch.rand(count, 3, 4, 4, generator=generator)
+    images = torch.nn.functional.interpolate(low, size=size, mode="bicubic", align_corners=False)
+    stripes = (torch.arange(size) // 3 % 2).float()
+    images = images + 0.25 * stripes.view(1, 1, 1, size) * torch.rand(count, 3, 1, 1, generator=generator)
+    return images.clamp(0, 1)
+
+
+def _blurred(images, mask, kernel):
+    blur = torch.nn.functional.avg_pool2d(images, kernel, 1, kernel // 2, count_include_pad=False)
+    return torch.lerp(images, blur, mask)
+
+
+def _stroke_masks(count, size=32, seed=0):
+    from ganmodels.config import MaskConfig
+    from ganmodels.masks import sample_strokes
+
+    return sample_strokes(count, MaskConfig(image_size=size, kind="strokes"), torch.Generator().manual_seed(seed))
+
+
+def test_laplacian_pyramid_adds_back_up_to_the_image():
+    from ganmodels.metrics import _blur, laplacian_pyramid
+
+    images = _faces(4, 64)
+    *bands, residual = laplacian_pyramid(images, 3)
+    assert [band.shape[-1] for band in bands] == [64, 32] and residual.shape[-1] == 16
+    rebuilt = residual
+    for band in reversed(bands):
+        upsampled = torch.zeros_like(band)
+        upsampled[:, :, ::2, ::2] = rebuilt
+        rebuilt = band + _blur(upsampled, gain=4.0)
+    torch.testing.assert_close(rebuilt, images, atol=1e-5, rtol=0)
+
+
+def test_hole_patch_swd_is_zero_for_real_holes_and_grows_with_blur():
+    from ganmodels.metrics import hole_patch_swd
+
+    images, mask = _faces(), _stroke_masks(64)
+    assert hole_patch_swd(images, images, mask) == 0.0
+    slight, strong = (hole_patch_swd(images, _blurred(images, mask, k), mask) for k in (3, 7))
+    assert 0 < slight < strong
+    assert hole_patch_swd(images, _blurred(images, mask, 3), mask, seed=0) == slight  # deterministic
+    assert abs(hole_patch_swd(images, _blurred(images, mask, 3), mask, seed=1) - slight) < 0.2 * slight
+
+
+def test_hole_patch_swd_looks_only_at_neighbourhoods_that_touch_a_hole():
+    from ganmodels.metrics import hole_patch_swd
+
+    images = _faces()
+    mask = torch.zeros(64, 1, 32, 32)
+    mask[:, :, 2:6, 2:6] = 1
+    completed = _blurred(images, mask, 5)
+    far_away = completed.clone()
+    # Further from the hole than a neighbourhood plus the pyramid's blur reach, at every level.
+    far_away[:, :, 26:, 26:] = torch.rand(64, 3, 6, 6)
+    assert hole_patch_swd(images, far_away, mask) == hole_patch_swd(images, completed, mask)
+
+
+def test_classifier_two_sample_test_is_at_chance_on_real_holes_and_sees_a_poor_fill():
+    from ganmodels.metrics import classifier_two_sample_accuracy
+
+    images, mask = _faces(96), _stroke_masks(96)
+    assert classifier_two_sample_accuracy(images, images, mask) == 0.5
+    grey = torch.lerp(images, torch.full_like(images, 0.5), mask)
+    accuracy = classifier_two_sample_accuracy(images, grey, mask)
+    assert accuracy > 0.9
+    assert classifier_two_sample_accuracy(images, grey, mask) == accuracy  # deterministic for a seed

@@ -59,15 +59,24 @@ def test_chain_end_to_end_writes_grids_metrics_and_manifests(artifact_root, imag
         assert set(manifest["files"]) == set(storage.list_files(t.directory)) - {"manifest.json"}
 
     summary = storage.read_json(task.path("result.json"))
-    assert set(summary["metrics_summary"]["methods"]) == {"model", "mean_fill", "telea", "navier_stokes"}
+    methods = {"model", "mean_fill", "telea", "navier_stokes"}
+    evaluation = summary["metrics_summary"]
+    assert set(evaluation["methods"]) == methods and set(evaluation["by_kind"]) == {"box", "strokes"}
+    for kind in ("box", "strokes"):  # every method with the pixel and the realism measures, per kind and area
+        assert set(evaluation["by_kind"][kind]) == methods
+        assert set(evaluation["by_kind"][kind]["model"]) == {"psnr_hole", "l1_hole", "ssim", "swd_hole", "c2st_accuracy"}
+        buckets = evaluation["by_area"][kind]
+        assert sum(values["model"]["n"] for values in buckets.values()) == evaluation["n_images"]
     shown = storage.read_json(os.path.join(os.path.dirname(summary["grids"]["phase1"]), "manifest.json"))
     assert shown["summary"]["images"] == min(TINY["grid_images"], sum(map(len, _shards(task).split_arrays("val"))))
     for phase in (1, 2, 3):
         grid = Image.open(summary["grids"][f"phase{phase}"])
-        assert grid.size == (3 * 34 + 2, shown["summary"]["images"] * 34 + 2)  # 3 columns of 32 px, 2 px padding
+        # 3 columns of 32 px, 2 px padding; each image once under a box and once under strokes
+        assert grid.size == (3 * 34 + 2, 2 * shown["summary"]["images"] * 34 + 2)
     joint = storage.read_json(os.path.join(os.path.dirname(summary["checkpoint"]), "manifest.json"))
     assert joint["config"]["phase"]["steps"] == TINY["phase3_steps"]
-    assert joint["config"]["model"] == {"arch": "glcic", "image_size": 32, "width": 0.125}
+    assert joint["config"]["model"] == {"arch": "glcic", "image_size": 32, "width": 0.125, "upsample": "transpose",
+                                        "skips": False}
 
 
 def test_rerunning_a_complete_chain_runs_nothing(artifact_root, image_folder, monkeypatch):

@@ -5,9 +5,9 @@ import torch
 from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig
 from ganmodels.data import ImageBank
 from ganmodels.masks import holes_to_mask, patch_origins, sample_holes
-from ganmodels.networks import build_networks, complete
+from ganmodels.networks import build_networks, complete, fill_holes
 from ganmodels.runtime import Runtime
-from ganmodels.training import TrainingCollapsed, completion_step, train_phase
+from ganmodels.training import TrainingCollapsed, completion_step, load_completion, train_phase
 
 MEAN = torch.tensor([0.5, 0.4, 0.3])
 
@@ -18,10 +18,11 @@ def bank():
     return ImageBank([rng.integers(0, 256, (40, 3, 32, 32), dtype=np.uint8)], "cpu")
 
 
-def _run(phase, start, bank, arch="glcic", steps=6, on_checkpoint=lambda s: None):
-    config = PhaseConfig(phase=phase, steps=steps, batch_size=4, checkpoint_every=3, log_every=2, alpha=0.1)
-    return train_phase(config, ModelConfig(arch=arch, image_size=32, width=0.125), MaskConfig(image_size=32),
-                       bank, MEAN, start, Runtime(), on_checkpoint=on_checkpoint)
+def _run(phase, start, bank, arch="glcic", steps=6, on_checkpoint=lambda s: None, mask_kind="mixed", **settings):
+    config = PhaseConfig(phase=phase, steps=steps, batch_size=4, checkpoint_every=3, log_every=2, alpha=0.1,
+                         **settings)
+    return train_phase(config, ModelConfig(arch=arch, image_size=32, width=0.125),
+                       MaskConfig(image_size=32, kind=mask_kind), bank, MEAN, start, Runtime(), on_checkpoint=on_checkpoint)
 
 
 @pytest.mark.parametrize("arch", ["glcic", "infill"])
@@ -31,17 +32,19 @@ def test_three_phases_chain_and_log_finite_losses(bank, arch):
         state = _run(phase, state, bank, arch)
         assert state["phase"] == phase and state["step"] == 6
     logged = [row for row in state["history"] if row["phase"] == 3]
-    assert logged and all(np.isfinite(row[k]) for row in logged for k in ("mse", "loss_d", "loss_adv"))
+    assert logged and all(np.isfinite(row[k]) for row in logged for k in ("loss_rec", "loss_d", "loss_adv"))
     assert [row["phase"] for row in state["history"]] == [1] * 3 + [2] * 3 + [3] * 3
 
 
-def test_resumed_phase_ends_exactly_where_an_uninterrupted_one_does(bank):
-    phase1 = _run(1, None, bank)
+@pytest.mark.parametrize("settings", [{}, {"lr_schedule": "cosine", "warmup_steps": 2}])
+def test_resumed_phase_ends_exactly_where_an_uninterrupted_one_does(bank, settings):
+    phase1 = _run(1, None, bank, **settings)
     checkpoints = []  # serialised at once: a state holds live references to the training tensors
-    uninterrupted = _run(3, phase1, bank, on_checkpoint=lambda state: checkpoints.append(_roundtrip(state)))
+    uninterrupted = _run(3, phase1, bank, on_checkpoint=lambda state: checkpoints.append(_roundtrip(state)),
+                         **settings)
     saved = torch.load(checkpoints[0], weights_only=True)
     assert len(checkpoints) == 1 and saved["step"] == 3
-    resumed = _run(3, saved, bank)
+    resumed = _run(3, saved, bank, **settings)
     for key in ("completion", "discriminator"):
         for name, value in uninterrupted[key].items():
             assert torch.equal(value, resumed[key][name]), f"{key}.{name} differs after resume"
@@ -70,9 +73,11 @@ def test_completion_step_leaves_no_gradient_in_the_discriminator():
     holes = sample_holes(4, MaskConfig(image_size=32), torch.Generator().manual_seed(0))
     mask, origins = holes_to_mask(holes, 32), patch_origins(holes, 32, 16)
     optimizer = torch.optim.Adam(completion.parameters())
-    mse, adversarial = completion_step(optimizer, complete(completion, real, mask, MEAN), real, mask, origins,
-                                       discriminator, alpha=1.0, runtime=Runtime())
-    assert adversarial > 0 and mse > 0
+    output = completion(torch.cat([fill_holes(real, mask, MEAN), mask], dim=1))
+    reconstruction, adversarial = completion_step(optimizer, output, torch.lerp(real, output, mask), real, mask,
+                                                  origins, discriminator, PhaseConfig(phase=3, steps=1, alpha=1.0),
+                                                  runtime=Runtime())
+    assert adversarial > 0 and reconstruction > 0
     assert all(p.grad is None for p in discriminator.parameters())
     assert all(p.requires_grad for p in discriminator.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in completion.parameters())
@@ -100,3 +105,34 @@ def test_collapse_watch_of_the_joint_phase_warns_or_stops(bank, caplog):
     assert state["step"] == 6 and state["collapse_watch"]["low_loss_streak"] == 6
     warned_at = [r.getMessage().split(":")[0] for r in caplog.records if "discriminator loss below" in r.getMessage()]
     assert warned_at == [f"phase 3 step {step}" for step in range(2, 7)], warned_at
+
+
+def test_cosine_schedule_warms_up_then_decays_to_its_final_share():
+    config = PhaseConfig(phase=1, steps=100, lr_schedule="cosine", lr_final=0.1, warmup_steps=10)
+    factors = [config.lr_factor(step) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))  # never rises after the warm-up
+    assert factors[-1] == pytest.approx(0.1, abs=1e-3) and factors[55] == pytest.approx(0.55, abs=0.02)
+    assert PhaseConfig(phase=1, steps=100).lr_factor(99) == 1.0
+
+
+def test_learning_rates_follow_the_phase_config_not_the_loaded_optimizer(bank):
+    """Phase 3 starts from phase 2's optimizer state, whose learning rates were phase 2's own."""
+    phase2 = _run(2, _run(1, None, bank, lr_completion=0.5), bank, lr_discriminator=0.25)
+    phase3 = _run(3, phase2, bank, steps=3, lr_completion=1e-4, lr_discriminator=2e-4)
+    rates = {name: [group["lr"] for group in phase3[name]["param_groups"]] for name in ("opt_completion", "opt_discriminator")}
+    assert rates == {"opt_completion": [1e-4], "opt_discriminator": [2e-4]}
+
+
+@pytest.mark.parametrize("loss", ["mse", "l1"])
+def test_the_known_pixels_weigh_only_when_asked(loss):
+    from ganmodels.losses import reconstruction_loss
+
+    target = torch.zeros(2, 3, 8, 8)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, 2:6, 2:6] = 1
+    output = target + 0.5 * mask + 0.25 * (1 - mask)
+    hole = 0.5 ** 2 if loss == "mse" else 0.5
+    known = 0.25 ** 2 if loss == "mse" else 0.25
+    assert reconstruction_loss(output, target, mask, loss).item() == pytest.approx(hole)
+    assert reconstruction_loss(output, target, mask, loss, known_weight=0.1).item() == pytest.approx(hole + 0.1 * known)

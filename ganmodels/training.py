@@ -82,13 +82,18 @@ def _restore_rng(state: dict, generator: torch.Generator, world: World, fresh_se
 
 def discriminator_step(discriminator: nn.Module, optimizer: torch.optim.Optimizer, real: torch.Tensor,
                        completed: torch.Tensor, origins: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-    """One discriminator update on real images against completions; returns the detached loss."""
+    """One discriminator update on real images against completions.
+
+    Returns the detached (loss, D(real), D(fake)): the loss and the mean probabilities the
+    discriminator gave real images and completions before the update.
+    """
     with runtime.autocast():
-        loss = discriminator_loss(discriminator(real, origins), discriminator(completed.detach(), origins))
+        real_logits, fake_logits = discriminator(real, origins), discriminator(completed.detach(), origins)
+        loss = discriminator_loss(real_logits, fake_logits)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.detach()
+    return torch.stack([loss.detach(), *(logits.detach().float().sigmoid().mean() for logits in (real_logits, fake_logits))])
 
 
 def completion_step(optimizer: torch.optim.Optimizer, output: torch.Tensor, completed: torch.Tensor,
@@ -119,7 +124,8 @@ def train_step(config: PhaseConfig, completion: nn.Module, discriminator: nn.Mod
                optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer], real: torch.Tensor,
                mask: torch.Tensor, origins: torch.Tensor, filled: torch.Tensor,
                runtime: Runtime, adversary: nn.Module | None = None) -> torch.Tensor:
-    """One update of a phase on one batch; returns the detached (reconstruction, discriminator, adversarial) losses.
+    """One update of a phase on one batch; returns the detached (reconstruction, discriminator, adversarial)
+    losses and D(real), D(fake).
 
     `filled` is `real` with its holes filled as the completion network expects (fill_holes).
 
@@ -133,14 +139,14 @@ def train_step(config: PhaseConfig, completion: nn.Module, discriminator: nn.Mod
         output = completion(torch.cat([filled, mask], dim=1))
     completed = torch.lerp(real, output.to(real.dtype), mask)  # the known pixels are always the input's
     zero = torch.zeros((), device=real.device)
-    reconstruction, loss_d, adversarial = zero, zero, zero
+    reconstruction, adversarial, judged = zero, zero, torch.zeros(3, device=real.device)
     if phase in (2, 3):
-        loss_d = discriminator_step(discriminator, opt_discriminator, real, completed, origins, runtime)
+        judged = discriminator_step(discriminator, opt_discriminator, real, completed, origins, runtime)
     if phase in (1, 3):
         judge = (adversary or discriminator) if phase == 3 else None
         reconstruction, adversarial = completion_step(opt_completion, output, completed, real, mask, origins, judge,
                                                       config, runtime)
-    return torch.stack([reconstruction, loss_d, adversarial])
+    return torch.stack([reconstruction, judged[0], adversarial, judged[1], judged[2]])
 
 
 def train_phase(config: PhaseConfig, model_config: ModelConfig, mask_config: MaskConfig,
@@ -216,7 +222,7 @@ def _train_phase(config, model_config, mask_config, images, mean_pixel, start, r
     trained_discriminator = world.wrap(discriminator) if config.phase != 1 else discriminator
     size, optimizers = model_config.image_size, (opt_completion, opt_discriminator)
     batch_size = world.local_batch(config.batch_size)
-    totals = torch.zeros(3, device=device)  # running sums of (reconstruction, d loss, adversarial) between log lines
+    totals = torch.zeros(5, device=device)  # running sums of train_step's figures between log lines
     window_start, window_steps, waited = time.perf_counter(), 0, 0.0
     stream_seed = (config.seed, config.phase, world.rank)  # each rank draws its own share of every batch
     with contextlib.closing(images.batches(batch_size, stream_seed, first_step)) as batches:
@@ -241,6 +247,10 @@ def _train_phase(config, model_config, mask_config, images, mean_pixel, start, r
                        "loss_rec": means[0] if config.phase != 2 else None,
                        "loss_d": means[1] if config.phase != 1 else None,
                        "loss_adv": means[2] if config.phase == 3 else None,
+                       "d_real": means[3] if config.phase != 1 else None,
+                       "d_fake": means[4] if config.phase != 1 else None,
+                       "lr_completion": opt_completion.param_groups[0]["lr"] if config.phase != 2 else None,
+                       "lr_discriminator": opt_discriminator.param_groups[0]["lr"] if config.phase != 1 else None,
                        "images_per_s": window_steps * config.batch_size / elapsed,
                        "data_wait": waited / elapsed}
                 history.append(row)

@@ -15,7 +15,7 @@ from . import storage
 from .evaluation import HIGHER_IS_BETTER
 
 IMAGES = "images"
-NOT_LOSSES = ("phase", "step", "steps", "images_per_s")
+NOT_LOSSES = ("phase", "step", "steps", "images_per_s", "data_wait", "lr_completion", "lr_discriminator")
 METHOD_ROLES = {"model": "model", "mean_fill": "floor: the mean-filled input",
                 "telea": "classical baseline (OpenCV Telea)",
                 "navier_stokes": "classical baseline (OpenCV Navier-Stokes)"}

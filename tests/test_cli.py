@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from pipeline import storage
-from pipeline.cli import main, poisson_blend
+from pipeline.cli import main
+from pipeline.infill import poisson_blend
 from tests.conftest import REPO_ROOT, subprocess_env
 
 RUN_COUNT = 9  # the TINY TrainInpainter chain: 6 task families, RenderEvalGrid three times

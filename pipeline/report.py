@@ -5,7 +5,6 @@ phase), loss curves from the training histories, and the test metrics with the m
 to the floor (mean fill) and the classical baselines.
 """
 import html
-import io
 import os
 
 import pandas as pd

@@ -141,8 +141,13 @@ def create_app(root: str, device: torch.device, max_upload_bytes: int, max_pixel
         return refusal(request, 422, f"invalid request: {problems}")
 
     def find(name: str, families: tuple[str, ...] | None = None) -> Run:
-        if name not in run_names(root) or (families and name.split("-")[0] not in families):
+        """The run of that exact directory name, of one of `families` if given."""
+        if name not in run_names(root):
             raise HTTPException(404, f"no run named {name!r} under {root}")
+        if families and name.split("-")[0] not in families:
+            raise HTTPException(404, f"{name} is not a {' or '.join(families)} run")
+        if storage.is_link(storage.join(root, name)):
+            raise HTTPException(404, f"{name} is a symbolic link, which the studio never follows")
         return load_run(root, name)
 
     def upload(file: UploadFile, what: str) -> bytes:

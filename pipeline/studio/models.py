@@ -8,7 +8,7 @@ from ganmodels.dcgan_training import generator_from_state
 
 from .. import storage
 from ..infill import Inpainter
-from ..runs import INPAINTER_FAMILIES, GENERATOR_FAMILIES, Run, UserError, checkpoint_path, load_run, model_state, run_names
+from ..runs import Run, UserError, checkpoint_path, load_run, model_state, run_names
 
 # Loaded networks kept at once; a default inpainter takes a few MB, so this bounds memory, not speed.
 CACHED_MODELS = 4
@@ -21,7 +21,8 @@ def usable_runs(root: str, families: tuple[str, ...]) -> list[Run]:
 
 
 class Models:
-    """Inpainters and generators by run name, loaded from their verified final state once.
+    """Inpainters and generators by run name (an exact directory name of a run that holds
+    one, as the app checks), loaded from their verified final state once.
 
     A state is known by its path and the sha256 its manifest records, so a run made again
     under the same name is loaded again, and two names of one checkpoint share one copy.
@@ -33,9 +34,7 @@ class Models:
         self._lock = threading.Lock()
         self.loads = 0  # states read from storage, for the tests that check reuse
 
-    def _get(self, name: str, families: tuple[str, ...], what: str, build):
-        if name not in run_names(self.root) or name.split("-")[0] not in families:
-            raise UserError(f"no {what} run named {name!r} under {self.root}")
+    def _get(self, name: str, build):
         path = checkpoint_path(self.root, name)
         record = storage.recorded(path)
         if record is None:
@@ -51,10 +50,10 @@ class Models:
             return self._loaded[key]
 
     def inpainter(self, name: str) -> Inpainter:
-        return self._get(name, INPAINTER_FAMILIES, "inpainting", lambda path: Inpainter(
+        return self._get(name, lambda path: Inpainter(
             model_state(path, self.device, "completion"), self.device, name))
 
     def generator(self, name: str) -> torch.nn.Module:
         # The EMA copy of the generator when training kept one: it samples more smoothly.
-        return self._get(name, GENERATOR_FAMILIES, "DCGAN", lambda path: generator_from_state(
+        return self._get(name, lambda path: generator_from_state(
             model_state(path, self.device, "generator")).to(self.device))

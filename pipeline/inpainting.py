@@ -10,6 +10,7 @@ from ganmodels.config import ARCHITECTURES, COLLAPSE_ACTIONS, MaskConfig, ModelC
 from ganmodels.data import to_float
 from ganmodels.masks import holes_to_mask, sample_holes
 from ganmodels.metrics import inpainting_metrics
+from ganmodels.monitoring import inpainting_grid
 from ganmodels.networks import complete, fill_holes
 from ganmodels.runtime import DATA_PLACEMENTS
 from ganmodels.training import load_completion
@@ -109,7 +110,8 @@ class PretrainCompletion(TrainingProcesses, ArtifactTask):
                   "mask": self.mask_config.to_dict(), "mean_pixel": shards.mean_pixel(),
                   "runtime": self.runtime_settings()}
         job = TrainingJob(task=self.task_id, directory=self.directory, kind="inpainting", config=config,
-                          train_shards=shards.split_paths("train"), start=self.start_path(),
+                          train_shards=shards.split_paths("train"), val_shards=shards.split_paths("val"),
+                          start=self.start_path(),
                           keep_checkpoints=self.keep_checkpoints, final_state=FINAL_STATE)
         result = self.train(job)
         with self.open_write("history.csv") as file:
@@ -188,13 +190,10 @@ class RenderEvalGrid(EvaluationParameters, ArtifactTask):
         mean_pixel = torch.tensor(shards.mean_pixel())
         mask = fixed_masks(len(images), model_task.mask_config, self.eval_seed)
         completion = load_completion(load_state(model_task.path(FINAL_STATE)))
-        with torch.no_grad():
-            completed = complete(completion, images, mask, mean_pixel)
-        rows = torch.stack([fill_holes(images, mask, mean_pixel), completed, images], dim=1).flatten(0, 1)
-        from torchvision.utils import make_grid, save_image  # here: its import takes seconds (torch._dynamo)
+        from torchvision.utils import save_image  # here: its import takes seconds (torch._dynamo)
 
         with self.open_write("grid.png") as file:
-            save_image(make_grid(rows, nrow=3, padding=2, pad_value=1.0), file, format="png")
+            save_image(inpainting_grid(completion, images, mask, mean_pixel), file, format="png")
         return {"phase": self.phase, "images": len(images)}
 
 

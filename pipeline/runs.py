@@ -198,6 +198,10 @@ def key_metrics(summary: dict) -> str:
     return ", ".join(shown[:MAX_KEY_METRICS])
 
 
+def key_parameters(run: Run) -> str:
+    return " ".join(f"{key}={run.parameters[key]}" for key in KEY_PARAMETERS if key in run.parameters)
+
+
 def runs_table(root: str, family: str | None = None, dataset: str | None = None) -> pd.DataFrame:
     rows = []
     for run in all_runs(root):
@@ -208,7 +212,7 @@ def runs_table(root: str, family: str | None = None, dataset: str | None = None)
         rows.append({
             "family": run.family, "hash": run.hash,
             "status": status(run),
-            "parameters": " ".join(f"{key}={run.parameters[key]}" for key in KEY_PARAMETERS if key in run.parameters),
+            "parameters": key_parameters(run),
             "metrics": key_metrics(run.summary),
             "finished": timestamp(run.manifest["finished"]) if run.complete else "",
         })

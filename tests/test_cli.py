@@ -348,8 +348,9 @@ def test_importing_the_pipeline_leaves_the_slow_imports_to_the_code_that_needs_t
     # Every luigi worker, `python -m pipeline` command and training process imports the
     # package; torchvision (which loads torch._dynamo) and torchmetrics (scipy.signal)
     # would add about 2.5 s to each start.
-    probe = ("import sys, pipeline; print(' '.join(name for name in ('torchvision', 'torchmetrics', "
-             "'torch._dynamo', 'scipy.signal') if name in sys.modules))")
+    # Nor do the studio's web framework and TensorBoard belong on the training path.
+    probe = ("import sys, pipeline, pipeline.trainers; print(' '.join(name for name in ('torchvision', 'torchmetrics', "
+             "'torch._dynamo', 'scipy.signal', 'fastapi', 'uvicorn', 'tensorboard') if name in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, PYTHONPATH=REPO_ROOT),
                             capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == ""

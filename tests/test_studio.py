@@ -186,6 +186,9 @@ def test_paths_outside_the_root_and_bad_uploads_are_refused_and_the_studio_goes_
         os.symlink(elsewhere, os.path.join(run_root, "TrainJoint-ffffffffff"))
     studio = Studio(run_root, tmp_path)
     try:
+        status, _, body = studio.get("/")
+        row = next(row for row in body.decode().split("<tr ") if INCOMPLETE in row)
+        assert status == 200 and "data-incomplete" in row and "incomplete: checkpoint at step 3" in row
         depth = "../" * (secret.as_posix().count("/") + 2)
         refused = [f"/runs/{final}/files/{depth}{secret.as_posix().lstrip('/')}",
                    f"/runs/{final}/files/{secret.as_posix()}",

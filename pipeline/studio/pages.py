@@ -3,8 +3,8 @@ import html
 import urllib.parse
 
 from .. import report
-from ..runs import (GENERATOR_FAMILIES, INPAINTER_FAMILIES, KEY_PARAMETERS, Run, evaluation, flatten, human_size,
-                    is_number, nearest_evaluation, status, timestamp)
+from ..runs import (GENERATOR_FAMILIES, INPAINTER_FAMILIES, Run, evaluation, flatten, human_size,
+                    is_number, key_parameters, nearest_evaluation, status, timestamp)
 
 EVALUATION_KEYS = ("methods", "by_kind", "by_area")
 NAVIGATION = (("/", "Runs"), ("/compare", "Compare"), ("/try", "Try it"), ("/sample", "Sample"))
@@ -162,8 +162,7 @@ def compare_page(runs: list[Run], choices: list[str]) -> str:
 
 def _run_options(runs: list[Run], selected: str | None) -> str:
     return "".join(f'<option value="{escape(run.name)}"{" selected" if run.name == selected else ""}>'
-                   f"{escape(run.name)} ({escape(' '.join(f'{k}={run.parameters[k]}' for k in KEY_PARAMETERS if k in run.parameters))})"
-                   "</option>" for run in runs)
+                   f"{escape(run.name)} ({escape(key_parameters(run))})</option>" for run in runs)
 
 
 def try_page(models: list[Run], selected: str | None, limits: dict) -> str:

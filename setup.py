@@ -5,6 +5,7 @@ setup(
     version="0.1.0",
     description="Luigi pipeline from image collections to trained GAN inpainters and generators",
     packages=find_packages(include=["pipeline", "pipeline.*", "ganmodels", "ganmodels.*"]),
+    package_data={"pipeline.studio": ["static/*"]},
     python_requires=">=3.10",
     install_requires=[
         "luigi>=3.5",
@@ -28,9 +29,15 @@ setup(
         "requests>=2.31",
         "gdown>=5.0",
         "kaggle>=1.6",
+        # python -m pipeline serve (the studio) and the TensorBoard event files of training runs
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
+        "python-multipart>=0.0.9",
+        "tensorboard>=2.16",
     ],
     entry_points={"console_scripts": ["gan-pipeline-distributed = pipeline.distributed:main"]},
     extras_require={
-        "test": ["pytest>=8.0", "moto[server]>=5.0"],
+        # playwright drives the system's Chromium (tests/test_studio.py); it never downloads a browser there
+        "test": ["pytest>=8.0", "moto[server]>=5.0", "playwright>=1.44"],
     },
 )

@@ -4,7 +4,7 @@ from dataclasses import asdict, dataclass
 
 ARCHITECTURES = ("glcic", "infill")
 MASK_KINDS = ("box", "strokes", "mixed")
-UPSAMPLING = ("transpose", "resize", "bilinear")
+UPSAMPLING = ("transpose", "resize")
 HOLE_FILLS = ("mean", "smooth")
 RECONSTRUCTION_LOSSES = ("mse", "l1")
 LR_SCHEDULES = ("constant", "cosine")

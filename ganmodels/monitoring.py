@@ -13,6 +13,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor, nn
 
+from .networks import complete, fill_holes
+
 # torchvision is imported where it is used: its import loads torch._dynamo, about 1.5 s
 # for every process that imports this module.
 
@@ -81,6 +83,17 @@ def image_grid(images: Tensor, nrow: int) -> Image.Image:
     from torchvision.utils import make_grid
 
     return to_pil_image(make_grid(_to_uint8(images), nrow=nrow))
+
+
+@torch.no_grad()
+def inpainting_grid(completion: nn.Module, images: Tensor, mask: Tensor, mean_pixel: Tensor) -> Tensor:
+    """A (3, H, W) grid in [0, 1] of images (N, 3, h, w) in [0, 1], one row each: masked input
+    (the holes mean-filled) | completion | original."""
+    from torchvision.utils import make_grid
+
+    rows = torch.stack([fill_holes(images, mask, mean_pixel), complete(completion, images, mask, mean_pixel), images],
+                       dim=1).flatten(0, 1)
+    return make_grid(rows, nrow=3, padding=2, pad_value=1.0)
 
 
 def grid_png(images: Tensor) -> bytes:

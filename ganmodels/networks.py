@@ -29,13 +29,10 @@ def conv_norm_act(c_in, c_out, kernel, stride=1, dilation=1, transpose=False, ac
 def upsample_norm_act(c_in, c_out, upsample: str):
     """Double the resolution without the checkerboard of the paper's 4x4 stride-2 transposed convolution
     (`transpose`: its kernel overlaps unevenly between neighbouring output pixels, Odena et al. 2016):
-    `resize` resizes (nearest neighbour) and then convolves; `bilinear` convolves at the lower
-    resolution and then resizes (bilinear), a quarter of the arithmetic of `resize`."""
+    `resize` resizes (nearest neighbour) and then convolves."""
     if upsample == "transpose":
         return conv_norm_act(c_in, c_out, 4, stride=2, transpose=True)
-    if upsample == "resize":
-        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv_norm_act(c_in, c_out, 3))
-    return nn.Sequential(conv_norm_act(c_in, c_out, 3), nn.Upsample(scale_factor=2, mode="bilinear"))
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv_norm_act(c_in, c_out, 3))
 
 
 class CompletionNetwork(nn.Module):

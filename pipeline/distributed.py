@@ -73,6 +73,7 @@ class TrainingJob:
     start: str | None  # state to start from: the task's checkpoint or an upstream task's result
     keep_checkpoints: int
     final_state: str
+    val_shards: list[str] = dataclasses.field(default_factory=list)  # images of the fixed grids some loops draw
     root: str = dataclasses.field(default_factory=storage.root)  # the artifact root, wherever it was set
 
     def __post_init__(self):

@@ -28,9 +28,8 @@ EVALUATION_KINDS = ("box", "strokes")
 AREA_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # hole area as a share of the image
 PIXEL_METRICS = ("psnr_hole", "l1_hole", "ssim")
 REALISM_METRICS = ("swd_hole", "c2st_accuracy")
-# Every metric and whether a higher value is better, for tables that say who wins.
-HIGHER_IS_BETTER = {"psnr_hole": True, "l1_hole": False, "ssim": True, "swd_hole": False, "c2st_accuracy": False,
-                    "fid": False, "lpips": False}
+# The metrics that grow as fills get better; every other one shrinks.
+HIGHER_IS_BETTER = ("psnr_hole", "ssim")
 
 Fill = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, mask) -> completed images
 Measure = Callable[[torch.Tensor, torch.Tensor], float]  # (real images, completed images) -> a score
@@ -143,6 +142,12 @@ def evaluation_masks(count: int, config: MaskConfig, kind: str, seed: int) -> to
     if kind == "box":
         return holes_to_mask(sample_holes(count, config, generator, square=True), config.image_size)
     return sample_strokes(count, config, generator)
+
+
+def grid_masks(count: int, config: MaskConfig, seed: int) -> torch.Tensor:
+    """Masks for a grid of `count` images shown once per evaluation kind: the box masks of
+    every image, then its stroke masks, each kind seeded as the evaluation seeds it."""
+    return torch.cat([evaluation_masks(count, config, kind, seed + index) for index, kind in enumerate(EVALUATION_KINDS)])
 
 
 def area_bucket(area: float) -> str:

@@ -2,6 +2,7 @@
 import hashlib
 import io
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import simplejpeg
@@ -37,6 +38,14 @@ class RejectedImage(Exception):
     """A source file that cannot become a training image; the message is the reason."""
 
 
+class TooManyPixels(RejectedImage):
+    """Refused from its header: more pixels than the limit."""
+
+    def __init__(self, width: int, height: int, max_pixels: int):
+        super().__init__(f"too many pixels: {width}x{height} > {max_pixels}")
+        self.width, self.height, self.max_pixels = width, height, max_pixels
+
+
 def content_hash(data: bytes) -> str:
     """SHA-256 hex digest of the encoded bytes, for spotting byte-identical duplicates."""
     return hashlib.sha256(data).hexdigest()
@@ -66,23 +75,42 @@ def decode_image(data: bytes, image_size: int, max_pixels: int, *,
       case an image whose short side is below image_size is rejected.
     - Truncated files are rejected; Pillow's LOAD_TRUNCATED_IMAGES is not changed here.
     """
+    with _rejecting(), Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
+        _check_dimensions(image.size, image_size, max_pixels, reject_smaller)
+        full_size = image.size
+        scaled = _decode_jpeg_scaled(data, image, image_size)
+        if scaled:
+            rgb, reduction = scaled
+        else:
+            drafted = image.draft("RGB", (image_size, image_size))  # None unless a JPEG
+            reduction = full_size[0] / drafted[1][2] if drafted else 1.0
+            rgb = _to_rgb(image)
+        square = _square_resize(rgb, full_size, reduction, image_size)
+        return np.asarray(_upright(square, image.getexif()), dtype=np.uint8)
+
+
+def decode_full_size(data: bytes, max_pixels: int) -> np.ndarray:
+    """Decode encoded image bytes to an (H, W, 3) uint8 array at the image's own size, upright.
+
+    The same guards and conversions as decode_image (accepted formats, the pixel limit from
+    the header, transparency on white, 16-bit grey, EXIF orientation, truncation refused),
+    without the square crop and resize: for a user's picture that a model fills as it is.
+    Raises RejectedImage (TooManyPixels over max_pixels) and nothing else for bad data.
+    """
+    with _rejecting(), Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
+        _check_dimensions(image.size, 1, max_pixels, reject_smaller=False)
+        return np.array(_to_rgb(ImageOps.exif_transpose(image)), dtype=np.uint8)  # writable, for torch
+
+
+@contextmanager
+def _rejecting():
+    """Pillow's many failures on bad data as one RejectedImage with a reason "<kind>: <detail>"."""
     try:
         # Turns Pillow's bomb warning into an exception; the filters are restored on exit,
         # but they are process-wide, so other threads may see this one meanwhile.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
-                _check_dimensions(image.size, image_size, max_pixels, reject_smaller)
-                full_size = image.size
-                scaled = _decode_jpeg_scaled(data, image, image_size)
-                if scaled:
-                    rgb, reduction = scaled
-                else:
-                    drafted = image.draft("RGB", (image_size, image_size))  # None unless a JPEG
-                    reduction = full_size[0] / drafted[1][2] if drafted else 1.0
-                    rgb = _to_rgb(image)
-                square = _square_resize(rgb, full_size, reduction, image_size)
-                return np.asarray(_upright(square, image.getexif()), dtype=np.uint8)
+            yield
     except RejectedImage:
         raise
     except Image.UnidentifiedImageError:
@@ -96,7 +124,7 @@ def decode_image(data: bytes, image_size: int, max_pixels: int, *,
 def _check_dimensions(size, image_size, max_pixels, reject_smaller):
     width, height = size
     if width * height > max_pixels:
-        raise RejectedImage(f"too many pixels: {width}x{height} > {max_pixels}")
+        raise TooManyPixels(width, height, max_pixels)
     if reject_smaller and min(width, height) < image_size:
         raise RejectedImage(f"too small: {width}x{height}, short side below {image_size}")
 

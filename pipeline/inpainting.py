@@ -8,7 +8,8 @@ import torch
 from ganmodels.config import (ARCHITECTURES, COLLAPSE_ACTIONS, HOLE_FILLS, LR_SCHEDULES, MASK_KINDS, RECONSTRUCTION_LOSSES,
                               UPSAMPLING, MaskConfig, ModelConfig, PhaseConfig)
 from ganmodels.data import to_float
-from ganmodels.networks import complete, fill_holes
+from ganmodels.monitoring import inpainting_grid
+from ganmodels.networks import complete
 from ganmodels.runtime import DATA_PLACEMENTS
 from ganmodels.training import load_completion
 
@@ -17,24 +18,25 @@ from .base import ArtifactTask, configured, log
 from .checkpoints import FINAL_STATE, latest_checkpoint, load_state
 from .data import PrepareImages, splits_by_fraction
 from .distributed import TrainingJob, TrainingProcesses
-from .evaluation import EVALUATION_KINDS, baseline_fills, evaluate_fills, evaluation_masks, summarise, weighted_measures
+from .evaluation import EVALUATION_KINDS, baseline_fills, evaluate_fills, grid_masks, summarise, weighted_measures
 
 
 @luigi.util.inherits(PrepareImages)
 class PretrainCompletion(TrainingProcesses, ArtifactTask):
-    """Phase 1: the completion network learns to fill holes under MSE inside the hole."""
+    """Phase 1: the completion network learns to fill holes under the reconstruction loss inside the hole."""
 
     phase = 1
     arch = luigi.ChoiceParameter(default="glcic", choices=ARCHITECTURES, description="glcic (paper) or infill (small)")
     width = luigi.FloatParameter(default=0.25, description="Channel multiplier; 1.0 is the paper's width")
-    upsample = luigi.ChoiceParameter(default="transpose", choices=UPSAMPLING,
-                                     description="Decoder upsampling: transpose (paper) or resize (nearest + conv)")
-    skips = luigi.BoolParameter(default=False, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+    upsample = luigi.ChoiceParameter(default="resize", choices=UPSAMPLING,
+                                     description="Decoder upsampling: resize (nearest + conv, no checkerboard) or "
+                                                 "transpose (paper)")
+    skips = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
                                 description="glcic: skip connections from the encoder to the decoder (U-Net)")
-    hole_fill = luigi.ChoiceParameter(default="mean", choices=HOLE_FILLS,
+    hole_fill = luigi.ChoiceParameter(default="smooth", choices=HOLE_FILLS,
                                       description="What the network sees in the holes: the mean pixel (paper) or "
                                                   "a smooth fill from the known pixels around them")
-    mask_kind = luigi.ChoiceParameter(default="box", choices=MASK_KINDS,
+    mask_kind = luigi.ChoiceParameter(default="mixed", choices=MASK_KINDS,
                                       description="Training holes: box, strokes (free-form) or mixed")
     hole_min = luigi.FloatParameter(default=0.25, description="Smallest box side, as a fraction of image_size")
     hole_max = luigi.FloatParameter(default=0.5, description="Largest box side, as a fraction of image_size")
@@ -43,11 +45,11 @@ class PretrainCompletion(TrainingProcesses, ArtifactTask):
     stroke_area_max = luigi.FloatParameter(default=0.4, description="Largest share of the image brush strokes cover")
     batch_size = luigi.IntParameter(default=16)
     lr_completion = luigi.FloatParameter(default=1e-3, description="Adam learning rate of the completion network")
-    loss = luigi.ChoiceParameter(default="mse", choices=RECONSTRUCTION_LOSSES,
-                                 description="Reconstruction loss of the completion network: mse or l1")
+    loss = luigi.ChoiceParameter(default="l1", choices=RECONSTRUCTION_LOSSES,
+                                 description="Reconstruction loss of the completion network: l1 or mse (paper)")
     known_weight = luigi.FloatParameter(default=0.0, description="Weight of the reconstruction loss on known pixels")
-    lr_schedule = luigi.ChoiceParameter(default="constant", choices=LR_SCHEDULES,
-                                        description="Learning rates over each phase: constant or cosine")
+    lr_schedule = luigi.ChoiceParameter(default="cosine", choices=LR_SCHEDULES,
+                                        description="Learning rates over each phase: cosine or constant (paper)")
     lr_final = luigi.FloatParameter(default=0.01, description="cosine: the share of the rates left at the end")
     warmup_steps = luigi.IntParameter(default=0, description="Steps of linear learning-rate warm-up per phase")
     seed = luigi.IntParameter(default=0)
@@ -133,7 +135,8 @@ class PretrainCompletion(TrainingProcesses, ArtifactTask):
                   "mask": self.mask_config.to_dict(), "mean_pixel": shards.mean_pixel(),
                   "runtime": self.runtime_settings()}
         job = TrainingJob(task=self.task_id, directory=self.directory, kind="inpainting", config=config,
-                          train_shards=shards.split_paths("train"), start=self.start_path(),
+                          train_shards=shards.split_paths("train"), val_shards=shards.split_paths("val"),
+                          start=self.start_path(),
                           keep_checkpoints=self.keep_checkpoints, final_state=FINAL_STATE)
         result = self.train(job)
         with self.open_write("history.csv") as file:
@@ -148,7 +151,7 @@ class PretrainDiscriminator(PretrainCompletion):
     """Phase 2: the global and local discriminators learn against the frozen completion network."""
 
     phase = 2
-    phase2_steps = luigi.IntParameter(default=200)
+    phase2_steps = luigi.IntParameter(default=100)
     lr_discriminator = luigi.FloatParameter(default=1e-4, description="Adam learning rate of the discriminator")
 
     def phase_settings(self) -> dict:
@@ -159,13 +162,14 @@ class PretrainDiscriminator(PretrainCompletion):
 
 
 class TrainJoint(PretrainDiscriminator):
-    """Phase 3: both networks together, the completion network on MSE + alpha * adversarial loss."""
+    """Phase 3: both networks together, the completion network on reconstruction + alpha * adversarial loss."""
 
     phase = 3
-    phase3_steps = luigi.IntParameter(default=400)
+    phase3_steps = luigi.IntParameter(default=800)
     lr_joint = luigi.FloatParameter(default=1e-3, description="Adam learning rate of the completion network in "
                                                               "phase 3 (phase 1's is lr_completion)")
-    alpha = luigi.FloatParameter(default=4e-4, description="Weight of the adversarial loss (paper: 0.0004)")
+    alpha = luigi.FloatParameter(default=4e-3, description="Weight of the adversarial loss (paper: 0.0004, "
+                                                           "with MSE, whose gradients are smaller than L1's)")
 
     on_collapse = luigi.ChoiceParameter(default="warn", choices=COLLAPSE_ACTIONS, significant=False,
                                         description="When the discriminator has won: warn, or stop the phase")
@@ -213,16 +217,12 @@ class RenderEvalGrid(EvaluationParameters, ArtifactTask):
         images = to_float(np.concatenate([shard[: self.grid_images] for shard in val])[: self.grid_images], "cpu")
         mean_pixel = torch.tensor(shards.mean_pixel())
         completion = load_completion(load_state(model_task.path(FINAL_STATE)))
-        rows = []
-        for index, kind in enumerate(EVALUATION_KINDS):
-            mask = evaluation_masks(len(images), model_task.mask_config, kind, self.eval_seed + index)
-            with torch.no_grad():
-                completed = complete(completion, images, mask, mean_pixel)
-            rows.append(torch.stack([fill_holes(images, mask, mean_pixel), completed, images], dim=1).flatten(0, 1))
-        from torchvision.utils import make_grid, save_image  # here: its import takes seconds (torch._dynamo)
+        mask = grid_masks(len(images), model_task.mask_config, self.eval_seed)
+        from torchvision.utils import save_image  # here: its import takes seconds (torch._dynamo)
 
         with self.open_write("grid.png") as file:
-            save_image(make_grid(torch.cat(rows), nrow=3, padding=2, pad_value=1.0), file, format="png")
+            save_image(inpainting_grid(completion, images.repeat(len(EVALUATION_KINDS), 1, 1, 1), mask, mean_pixel),
+                       file, format="png")
         return {"phase": self.phase, "images": len(images), "kinds": list(EVALUATION_KINDS)}
 
 

@@ -145,6 +145,19 @@ def resumed_steps(log: str) -> list[int]:
     return [int(line.rsplit("step ", 1)[1].rstrip(")")) for line in log.splitlines() if "resuming from checkpoint" in line]
 
 
+def read_events(folder):
+    """TensorBoard's own reader over a folder of event files, everything loaded."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return events
+
+
+def logged_steps(events, tag: str, kind: str = "Scalars") -> list[int]:
+    return [event.step for event in getattr(events, kind)(tag)]
+
+
 def flip_tensor_byte(path) -> None:
     """Change one bit in the middle of the largest tensor of a torch.save file: it still loads, with other weights."""
     with zipfile.ZipFile(path) as archive:  # torch.save stores its entries uncompressed

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from pipeline import storage
-from pipeline.cli import main, poisson_blend
+from pipeline.cli import main
+from pipeline.infill import poisson_blend
 from tests.conftest import REPO_ROOT, subprocess_env
 
 RUN_COUNT = 9  # the TINY TrainInpainter chain: 6 task families, RenderEvalGrid three times
@@ -72,7 +73,7 @@ def test_show_prints_parameters_upstream_chain_files_and_metrics(run_root, capsy
     joint = run_name(run_root, "TrainJoint")
     code, out, _ = run_command(capsys, "show", joint.split("-")[1][:6], "--root", run_root)  # a hash prefix
     assert code == 0 and out.startswith(joint)
-    assert re.search(r"\d+\.\d MiB  model\.pt", out) and re.search(r"\d+ B  history\.csv", out) and '"mse"' in out
+    assert re.search(r"\d+\.\d MiB  model\.pt", out) and re.search(r"\d+ B  history\.csv", out) and '"loss_rec"' in out
 
 
 def test_show_explains_unknown_and_ambiguous_names(run_root, capsys):
@@ -348,8 +349,9 @@ def test_importing_the_pipeline_leaves_the_slow_imports_to_the_code_that_needs_t
     # Every luigi worker, `python -m pipeline` command and training process imports the
     # package; torchvision (which loads torch._dynamo) and torchmetrics (scipy.signal)
     # would add about 2.5 s to each start.
-    probe = ("import sys, pipeline; print(' '.join(name for name in ('torchvision', 'torchmetrics', "
-             "'torch._dynamo', 'scipy.signal') if name in sys.modules))")
+    # Nor do the studio's web framework and TensorBoard belong on the training path.
+    probe = ("import sys, pipeline, pipeline.trainers; print(' '.join(name for name in ('torchvision', 'torchmetrics', "
+             "'torch._dynamo', 'scipy.signal', 'fastapi', 'uvicorn', 'tensorboard') if name in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, PYTHONPATH=REPO_ROOT),
                             capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == ""

@@ -1,4 +1,5 @@
 """TrainDCGAN at 32 px on generated images: artifacts, resume after a kill, the collapse watch."""
+import io
 import json
 import logging
 import os
@@ -15,7 +16,9 @@ from ganmodels.dcgan_training import generator_from_state
 from pipeline import storage
 from pipeline.checkpoints import list_checkpoints, load_state
 from pipeline.generation import CollapseStopped
-from tests.conftest import cli_args, kill_after_first_checkpoint, make_images, resumed_steps, run_luigi, write_config
+from pipeline.trainers import SAMPLES_TAG
+from tests.conftest import (cli_args, kill_after_first_checkpoint, logged_steps, make_images, read_events,
+                            resumed_steps, run_luigi, write_config)
 from tests.test_dcgan import ConstantGenerator
 
 DATA = dict(dataset="folder", image_size=32, shard_size=16, decode_workers=1)
@@ -43,7 +46,9 @@ def test_training_writes_every_artifact(artifact_root, image_folder):
     summary = manifest["summary"]  # samples against the held-out val and test images, next to the floor
     held_out = sum(manifest_counts for split, manifest_counts in _split_counts(task).items() if split != "train")
     assert summary["swd_images"] == held_out and summary["swd_samples"] > summary["swd_train_images"] > 0
-    assert set(manifest["files"]) == {
+    event_files = {name for name in manifest["files"] if name.startswith("tensorboard/")}
+    assert len(event_files) == 1
+    assert set(manifest["files"]) - event_files == {
         "model.pt", "metrics.csv", "loss_curves.png", "progress.gif", "latent_walk.gif", "samples.png",
         "snapshots/step-0000003.png", "snapshots/step-0000006.png", "snapshots/step-0000007.png",
         "checkpoints/step-0000006.pt", "checkpoints/step-0000007.pt",  # keep_checkpoints=2
@@ -62,6 +67,12 @@ def test_training_writes_every_artifact(artifact_root, image_folder):
     walk = Image.open(task.path("latent_walk.gif"))
     assert walk.n_frames == 2 * 3 and walk.size == (32, 32) and walk.info["loop"] == 0
     assert Image.open(task.path("samples.png")).size == (3 * 34 + 2, 2 * 34 + 2)  # 6 samples, 3 per row
+
+    events = read_events(task.path("tensorboard"))
+    assert sorted(events.Tags()["scalars"]) == sorted(METRIC_COLUMNS[1:] + ["lr"])
+    assert all(logged_steps(events, tag) == [2, 4, 6] for tag in events.Tags()["scalars"])
+    assert logged_steps(events, SAMPLES_TAG, "Images") == [3, 6, 7]
+    assert Image.open(io.BytesIO(events.Images(SAMPLES_TAG)[-1].encoded_image_string)).size == (grid_side, grid_side)
 
     state = load_state(task.path("model.pt"))
     assert state["step"] == 7 and state["ema_generator"] is not None
@@ -125,3 +136,8 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     # The rows logged before the kill came back with the checkpoint: the CSV covers the whole run once.
     assert list(pd.read_csv(task_dir / "metrics.csv")["step"]) == list(range(every, steps + 1, every))
     assert Image.open(task_dir / "progress.gif").n_frames == steps // (every * 5)
+    # Both attempts wrote events; TensorBoard shows each step once, those after the kill's checkpoint from the second.
+    assert len(os.listdir(task_dir / "tensorboard")) == 2
+    events = read_events(task_dir / "tensorboard")
+    assert logged_steps(events, "loss_d") == list(range(every, steps + 1, every))
+    assert logged_steps(events, SAMPLES_TAG, "Images") == list(range(every * 5, steps + 1, every * 5))

@@ -63,7 +63,7 @@ def test_completion_keeps_known_pixels_exactly():
     lambda: PhaseConfig(phase=1, steps=0),
     lambda: MaskConfig(image_size=64, kind="circles"),
     lambda: MaskConfig(image_size=64, stroke_area_min=0.5, stroke_area_max=0.3),
-    lambda: ModelConfig(upsample="bilinear"),
+    lambda: ModelConfig(upsample="bicubic"),
     lambda: PhaseConfig(phase=1, steps=10, loss="huber"),
     lambda: PhaseConfig(phase=1, steps=10, lr_final=2.0),
 ])

@@ -19,8 +19,9 @@ from pipeline import storage
 from pipeline.base import ArtifactTask
 from pipeline.checkpoints import list_checkpoints, recorded_checksum
 from pipeline.imagefiles import decode_image
-from tests.conftest import (TINY, cli_args, flip_tensor_byte, kill_after_first_checkpoint, make_images, resumed_steps,
-                            run_luigi, write_config)
+from pipeline.trainers import GRID_TAG
+from tests.conftest import (TINY, cli_args, flip_tensor_byte, kill_after_first_checkpoint, logged_steps, make_images,
+                            read_events, resumed_steps, run_luigi, write_config)
 
 
 def _build(**params):
@@ -75,8 +76,8 @@ def test_chain_end_to_end_writes_grids_metrics_and_manifests(artifact_root, imag
         assert grid.size == (3 * 34 + 2, 2 * shown["summary"]["images"] * 34 + 2)
     joint = storage.read_json(os.path.join(os.path.dirname(summary["checkpoint"]), "manifest.json"))
     assert joint["config"]["phase"]["steps"] == TINY["phase3_steps"]
-    assert joint["config"]["model"] == {"arch": "glcic", "image_size": 32, "width": 0.125, "upsample": "transpose",
-                                        "skips": False}
+    assert joint["config"]["model"] == {"arch": "glcic", "image_size": 32, "width": 0.125, "upsample": "resize",
+                                        "skips": True, "hole_fill": "smooth"}
 
 
 def test_rerunning_a_complete_chain_runs_nothing(artifact_root, image_folder, monkeypatch):
@@ -182,6 +183,11 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     assert f"step {resumed_at[0] - 20}/400" not in log  # no step before the checkpoint was trained again
     manifest = json.loads((task_dir / "manifest.json").read_text())
     assert manifest["summary"]["steps"] == 400
+    # Both attempts wrote events; TensorBoard shows each step once, those after the kill's checkpoint from the second.
+    assert len([name for name in manifest["files"] if name.startswith("tensorboard/")]) == 2
+    events = read_events(task_dir / "tensorboard")
+    assert logged_steps(events, "loss_rec") == list(range(20, 401, 20))
+    assert logged_steps(events, GRID_TAG, "Images") == list(range(20, 401, 20))  # every checkpoint, and the end
 
 
 def test_every_task_directory_is_marked_and_every_manifest_sealed(artifact_root, image_folder):

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import storage
 from pipeline.base import ArtifactTask
-from tests.conftest import cli_args, make_images
+from tests.conftest import cli_args, logged_steps, make_images, read_events
 from tests.services import (BUCKET, CREDENTIALS, TEST_ENV, Relay, config_values, end_group, run_luigi,
                             s3_config, s3_key, s3_keys, start_luigi)
 
@@ -152,3 +152,10 @@ def test_an_endpoint_outage_fails_the_task_clearly_and_a_rerun_resumes(moto, tmp
     manifest = json.loads(moto.client().get_object(Bucket=BUCKET, Key=s3_key(root, manifest_name))["Body"].read())
     assert manifest["summary"]["steps"] == 100
     relay.stop()
+    # The event files went up with the task's other files; TensorBoard shows each step of both attempts once.
+    event_files = [name for name in manifest["files"] if name.startswith("tensorboard/")]
+    assert len(event_files) == 2
+    (tmp_path / "tensorboard").mkdir()
+    for name in event_files:
+        moto.client().download_file(BUCKET, s3_key(root, manifest_name.split("/")[0], name), str(tmp_path / name))
+    assert logged_steps(read_events(tmp_path / "tensorboard"), "loss_rec") == list(range(5, 101, 5))

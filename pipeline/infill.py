@@ -1,0 +1,81 @@
+"""Filling a user's image with a trained inpainter, as `python -m pipeline infill` and the studio do.
+
+Images are (H, W, 3) uint8 RGB at their own size and masks (H, W) bool, True in the holes.
+The network sees the image reflect-padded to its size multiple and its output is cropped
+back (ganmodels.inference.predict), so no pixel is resampled and known pixels come back
+unchanged.
+"""
+import cv2
+import numpy as np
+import torch
+
+from ganmodels.inference import paste, predict, size_multiple
+from ganmodels.training import load_completion
+
+# The evaluation's classical baseline, so that Telea here is the Telea of the metrics table.
+from .evaluation import CLASSICAL_RADIUS, classical_inpaint
+from .runs import UserError
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """The first image of a [0, 1] batch as (H, W, 3) uint8."""
+    return image[0].permute(1, 2, 0).mul(255).round().byte().cpu().numpy()
+
+
+def _batch(pixels: np.ndarray, mask: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].to(device).float().div(255)
+    holes = torch.from_numpy(mask)[None, None].to(device).float()
+    return images, holes
+
+
+class Inpainter:
+    """The completion network of a training state with the mean pixel it was trained with."""
+
+    def __init__(self, state: dict, device: torch.device, name: str):
+        if "mean_pixel" not in state:
+            raise UserError(f"{name} was saved without its mean pixel (trained before it was recorded); "
+                            "train it again to use it here")
+        self.device = device
+        self.completion = load_completion(state, device)
+        self.mean_pixel = torch.tensor(state["mean_pixel"], device=device)
+        self.multiple = size_multiple(self.completion)
+
+    def check_size(self, pixels: np.ndarray, what: str) -> None:
+        height, width = pixels.shape[:2]
+        if min(height, width) < self.multiple:
+            raise UserError(f"{what} is {width}x{height} pixels; the network needs at least {self.multiple} "
+                            "on each side")
+
+    def fill(self, pixels: np.ndarray, mask: np.ndarray, poisson: bool) -> np.ndarray:
+        """The image with its holes filled by the network, pasted or Poisson-blended (`poisson`)."""
+        images, holes = _batch(pixels, mask, self.device)
+        prediction = predict(self.completion, images, holes, self.mean_pixel)
+        if poisson:
+            return poisson_blend(pixels, to_uint8(prediction), mask)
+        return to_uint8(paste(images, prediction, holes))
+
+
+def telea(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image with its holes filled by OpenCV's Telea, the classical baseline of the evaluation."""
+    images, holes = _batch(pixels, mask, torch.device("cpu"))
+    return to_uint8(classical_inpaint(images, holes, "telea"))
+
+
+def poisson_blend(image: np.ndarray, prediction: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image with its holes filled by the prediction, Poisson-blended so no seam shows.
+
+    As in the GLCIC paper, the holes are first filled by fast marching (OpenCV's Telea) so
+    that the image's gradients continue smoothly across the hole border; cv2.seamlessClone
+    then keeps the prediction's gradients inside the holes and fits them to that border.
+    """
+    marched = cv2.inpaint(image, mask.astype(np.uint8), CLASSICAL_RADIUS, cv2.INPAINT_TELEA)
+    # OpenCV ignores the mask's outermost pixel ring, so holes touching the image border are
+    # blended on copies one pixel larger on every side.
+    grow = lambda pixels: np.pad(pixels, ((1, 1), (1, 1), (0, 0)), mode="edge")  # noqa: E731
+    holes = np.pad(mask, 1).astype(np.uint8) * 255
+    left, top, width, height = cv2.boundingRect(holes)
+    # seamlessClone centres the mask's bounding box at `center`: that box's own centre keeps it in place.
+    blended = cv2.seamlessClone(grow(prediction), grow(marched), holes, (left + width // 2, top + height // 2),
+                                cv2.NORMAL_CLONE)[1:-1, 1:-1]
+    # It solves over the whole box, moving known pixels inside it by rounding: take only the holes.
+    return np.where(mask[..., None], blended, image)

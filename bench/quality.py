@@ -114,7 +114,7 @@ def main() -> None:
           f"{platform.node()}, torch {torch.__version__}")
     for kind, rows in table.groupby(level="kind", sort=False):
         print(f"\n{kind}  (arrows: which way is better)")
-        shown = rows.droplevel("kind").rename(columns={m: m + (" ↑" if HIGHER_IS_BETTER[m] else " ↓")
+        shown = rows.droplevel("kind").rename(columns={m: m + (" ↑" if m in HIGHER_IS_BETTER else " ↓")
                                                        for m in (*PIXEL_METRICS, *REALISM_METRICS)})
         print(shown.to_string(float_format=lambda value: f"{value:.4f}"))
     print("\n" + pd.DataFrame(timings).to_string(index=False))

@@ -35,11 +35,18 @@ def upsample_norm_act(c_in, c_out, upsample: str):
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv_norm_act(c_in, c_out, 3))
 
 
+# Keeps the fill's logits finite where it is exactly black or white.
+FILL_EPSILON = 1e-3
+
+
 class CompletionNetwork(nn.Module):
     """GLCIC completion network: strided encoder, four dilated convolutions, deconv decoder.
 
     Input: 4 channels (the image with its holes filled as `hole_fill` says, then the mask).
-    Output: an RGB image in [0, 1] of the same size.
+    Output: an RGB image in [0, 1] of the same size. With a fill made from the image itself
+    (not the mean pixel) the last layer predicts a correction to that fill, in logits, and
+    starts at zero: the network begins as the interpolation and learns what to add to it,
+    instead of first learning to copy it.
 
     With `skips`, the decoder's layers at half and at full resolution also receive the
     encoder's features of that resolution (as in a U-Net), so that fine detail next to a
@@ -69,20 +76,22 @@ class CompletionNetwork(nn.Module):
             conv_norm_act(joined * c128, c128, 3),
             upsample_norm_act(c128, c64, upsample),
             conv_norm_act(joined * c64, c32, 3),
-            nn.Conv2d(c32, 3, 3, padding=1),
-            nn.Sigmoid(),
+            nn.Conv2d(c32, 3, 3, padding=1),  # logits
         )
+        if hole_fill != "mean":  # a correction to the fill, which it starts from exactly
+            nn.init.zeros_(self.layers[-1].weight)
+            nn.init.zeros_(self.layers[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.skips:
-            return self.layers(x)
-        outputs = []
+        fill, outputs = x[:, :3], []
         for index, layer in enumerate(self.layers):
-            if index in self.SKIPS:
+            if self.skips and index in self.SKIPS:
                 x = torch.cat([x, outputs[self.SKIPS[index]]], dim=1)
             x = layer(x)
             outputs.append(x)
-        return x
+        if self.hole_fill == "mean":
+            return torch.sigmoid(x)
+        return torch.sigmoid(torch.logit(fill.clamp(FILL_EPSILON, 1 - FILL_EPSILON)) + x)
 
 
 def _strided_encoder(size: int, width: float) -> tuple[nn.Sequential, int]:

@@ -53,7 +53,7 @@ class PretrainCompletion(TrainingProcesses, ArtifactTask):
     lr_final = luigi.FloatParameter(default=0.01, description="cosine: the share of the rates left at the end")
     warmup_steps = luigi.IntParameter(default=0, description="Steps of linear learning-rate warm-up per phase")
     seed = luigi.IntParameter(default=0)
-    phase1_steps = luigi.IntParameter(default=3000)
+    phase1_steps = luigi.IntParameter(default=2400)
     checkpoint_every = luigi.IntParameter(default=100, significant=False)
     log_every = luigi.IntParameter(default=50, significant=False)
     keep_checkpoints = luigi.IntParameter(default=2, significant=False)
@@ -168,8 +168,7 @@ class TrainJoint(PretrainDiscriminator):
     phase3_steps = luigi.IntParameter(default=800)
     lr_joint = luigi.FloatParameter(default=1e-3, description="Adam learning rate of the completion network in "
                                                               "phase 3 (phase 1's is lr_completion)")
-    alpha = luigi.FloatParameter(default=4e-3, description="Weight of the adversarial loss (paper: 0.0004, "
-                                                           "with MSE, whose gradients are smaller than L1's)")
+    alpha = luigi.FloatParameter(default=1e-2, description="Weight of the adversarial loss (paper: 0.0004, with MSE)")
 
     on_collapse = luigi.ChoiceParameter(default="warn", choices=COLLAPSE_ACTIONS, significant=False,
                                         description="When the discriminator has won: warn, or stop the phase")

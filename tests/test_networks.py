@@ -1,0 +1,68 @@
+"""The completion network's variants and the fills it starts from."""
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from ganmodels.networks import CompletionNetwork, fill_holes, smooth_fill
+
+
+def _square_hole(batch: int, size: int, top: int, side: int) -> torch.Tensor:
+    mask = torch.zeros(batch, 1, size, size)
+    mask[:, :, top:top + side, top:top + side] = 1
+    return mask
+
+
+@pytest.mark.parametrize("size", [16, 37, 64])
+def test_smooth_fill_keeps_known_pixels_and_stays_within_their_colours(size):
+    images = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(size))
+    mask = _square_hole(3, size, size // 4, size // 2)
+    filled = smooth_fill(images, mask)
+    known = mask.expand_as(images) == 0
+    assert torch.equal(filled[known], images[known])
+    hole = filled[~known].view(3, 3, -1)
+    lowest, highest = images.amin(dim=(2, 3)), images.amax(dim=(2, 3))  # a weighted mean of known colours
+    assert (hole >= lowest[..., None] - 1e-6).all() and (hole <= highest[..., None] + 1e-6).all()
+
+
+def test_smooth_fill_continues_a_flat_image_and_a_gradient_smoothly():
+    flat = torch.full((1, 3, 32, 32), 0.3)
+    mask = _square_hole(1, 32, 8, 16)
+    assert torch.allclose(smooth_fill(flat, mask), flat, atol=1e-6)
+    ramp = torch.linspace(0, 1, 32).view(1, 1, 1, 32).expand(1, 3, 32, 32).contiguous()
+    filled = smooth_fill(ramp, mask)
+    inside = filled[0, 0, 16, 8:24]  # across the hole: still rising from left to right
+    assert (inside[1:] - inside[:-1] > 0).all()
+    # far closer to the ramp than the mean pixel is
+    assert (filled - ramp).abs().max() < 0.5 * (fill_holes(ramp, mask, torch.full((3,), 0.5)) - ramp).abs().max()
+
+
+@pytest.mark.parametrize("upsample,skips,hole_fill", list(itertools.product(("transpose", "resize"), (False, True),
+                                                                            ("mean", "smooth"))))
+def test_every_variant_maps_an_image_to_one_of_its_size_in_range(upsample, skips, hole_fill):
+    torch.manual_seed(0)
+    net = CompletionNetwork(width=0.125, upsample=upsample, skips=skips, hole_fill=hole_fill)
+    images, mask = torch.rand(2, 3, 32, 32), _square_hole(2, 32, 8, 12)
+    output = net(torch.cat([fill_holes(images, mask, torch.full((3,), 0.5), hole_fill), mask], dim=1))
+    assert output.shape == images.shape and output.min() >= 0 and output.max() <= 1
+    output.mean().backward()
+    assert all(parameter.grad is not None for parameter in net.parameters())
+    transposed = [module for module in net.modules() if isinstance(module, nn.ConvTranspose2d)]
+    assert len(transposed) == (2 if upsample == "transpose" else 0)
+
+
+def test_a_fill_from_the_image_is_where_the_network_starts():
+    """With a smooth fill the network predicts a correction to it, zero before training."""
+    images, mask = torch.rand(2, 3, 32, 32), _square_hole(2, 32, 4, 16)
+    filled = smooth_fill(images, mask)
+    output = CompletionNetwork(width=0.125, upsample="resize", skips=True, hole_fill="smooth")(
+        torch.cat([filled, mask], dim=1))
+    assert torch.allclose(output, filled.clamp(1e-3, 1 - 1e-3), atol=1e-5)
+
+
+def test_states_load_into_a_network_of_their_kind_only():
+    with_skips = CompletionNetwork(width=0.125, skips=True).state_dict()
+    CompletionNetwork(width=0.125, skips=True).load_state_dict(with_skips)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        CompletionNetwork(width=0.125, skips=False).load_state_dict(with_skips)

@@ -114,6 +114,9 @@ class PhaseConfig:
     lr_schedule: str = "constant"
     lr_final: float = 0.01
     warmup_steps: int = 0
+    # Each training image is a random square of 1/z of its side, z uniform in [1, max_zoom],
+    # resized back: faces framed closer than the collection's (1 = the stored framing only).
+    max_zoom: float = 1.0
     # Collapse watch of phase 3: the discriminator's loss (real + fake BCE) below the floor at
     # `collapse_window` consecutive log lines means it has won; warn, or stop the phase.
     collapse_window: int = 10
@@ -135,6 +138,7 @@ class PhaseConfig:
         _require(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         _require(0 <= self.lr_final <= 1, f"lr_final must be in [0, 1], got {self.lr_final}")
         _require(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        _require(1 <= self.max_zoom <= 4, f"max_zoom must be in [1, 4], got {self.max_zoom}")
         _require(self.collapse_window >= 1, f"collapse_window must be >= 1, got {self.collapse_window}")
         _require(self.on_collapse in COLLAPSE_ACTIONS,
                  f"on_collapse must be one of {COLLAPSE_ACTIONS}, got {self.on_collapse!r}")

@@ -172,8 +172,9 @@ def training_images(arrays: Sequence[np.ndarray], runtime: Runtime) -> TrainingI
 
 
 def augment(stored: torch.Tensor, size: int, generator: torch.Generator,
-            memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """Float images in [0, 1]: a random size x size crop of each, flipped left-right with probability 1/2.
+            memory_format: torch.memory_format = torch.contiguous_format, max_zoom: float = 1.0) -> torch.Tensor:
+    """Float images in [0, 1]: a random size x size crop of each, flipped left-right with probability 1/2,
+    and with `max_zoom` > 1 zoomed in (random_zoom).
 
     All on the batch's device, for the whole batch at once; with stored images already
     of the training size the crop is the whole image.
@@ -186,7 +187,22 @@ def augment(stored: torch.Tensor, size: int, generator: torch.Generator,
         offsets = torch.rand(batch_size, 2, generator=generator, device=device)
         origins = torch.stack([offsets[:, 0] * (height - size + 1), offsets[:, 1] * (width - size + 1)], dim=1).long()
         stored = crop_patches(stored, origins.to(stored.device), size)
-    return random_flip(stored, generator).float().div_(255).contiguous(memory_format=memory_format)
+    images = random_flip(stored, generator).float().div_(255)
+    if max_zoom > 1:
+        images = random_zoom(images, max_zoom, generator)
+    return images.contiguous(memory_format=memory_format)
+
+
+def random_zoom(images: torch.Tensor, max_zoom: float, generator: torch.Generator) -> torch.Tensor:
+    """Each image replaced by a random square of 1/z of its side, z uniform in [1, max_zoom],
+    resized (bilinear) back to the image's size; drawn from `generator` (on any device)."""
+    draws = torch.rand(len(images), 3, generator=generator, device=generator.device).to(images.device)
+    scale = 1 / (1 + draws[:, 0] * (max_zoom - 1))  # the square's side, as a share of the image's
+    shift = (draws[:, 1:] * 2 - 1) * (1 - scale)[:, None]  # its centre, anywhere it stays inside
+    theta = torch.zeros(len(images), 2, 3, device=images.device)
+    theta[:, 0, 0], theta[:, 1, 1], theta[:, :, 2] = scale, scale, shift
+    grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

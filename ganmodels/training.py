@@ -229,7 +229,7 @@ def _train_phase(config, model_config, mask_config, images, mean_pixel, start, r
         for step in range(first_step, config.steps):
             stored, seconds_waited = next(batches)
             waited += seconds_waited
-            real = augment(stored, size, sampler, runtime.memory_format)
+            real = augment(stored, size, sampler, runtime.memory_format, config.max_zoom)
             mask, boxes = sample_masks(batch_size, mask_config, sampler)
             mask = mask.contiguous(memory_format=runtime.memory_format)
             origins = patch_origins(boxes, size, model_config.local_size)

@@ -52,6 +52,8 @@ class PretrainCompletion(TrainingProcesses, ArtifactTask):
                                         description="Learning rates over each phase: cosine or constant (paper)")
     lr_final = luigi.FloatParameter(default=0.01, description="cosine: the share of the rates left at the end")
     warmup_steps = luigi.IntParameter(default=0, description="Steps of linear learning-rate warm-up per phase")
+    max_zoom = luigi.FloatParameter(default=1.5, description="Train on random squares of 1/z of each image's side, "
+                                                             "z uniform in [1, max_zoom], resized back (1: off)")
     seed = luigi.IntParameter(default=0)
     phase1_steps = luigi.IntParameter(default=2400)
     checkpoint_every = luigi.IntParameter(default=100, significant=False)
@@ -78,7 +80,7 @@ class PretrainCompletion(TrainingProcesses, ArtifactTask):
                                       stroke_area_min=self.stroke_area_min, stroke_area_max=self.stroke_area_max)
         common = dict(phase=self.phase, batch_size=self.batch_size, lr_completion=self.lr_completion,
                       loss=self.loss, known_weight=self.known_weight, lr_schedule=self.lr_schedule,
-                      lr_final=self.lr_final, warmup_steps=self.warmup_steps, checkpoint_every=self.checkpoint_every,
+                      lr_final=self.lr_final, warmup_steps=self.warmup_steps, max_zoom=self.max_zoom, checkpoint_every=self.checkpoint_every,
                       log_every=self.log_every, seed=self.seed)
         self.phase_config = configured(PhaseConfig, {"steps": f"phase{self.phase}_steps", **self.renamed_settings()},
                                        **{**common, **self.phase_settings()})

@@ -10,7 +10,7 @@ from scipy.stats import chi2_contingency
 
 from bench.plain import PLAIN_RUNTIME_SETTINGS, reference_holes, reference_mask
 from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig
-from ganmodels.data import ImageBank, ShardRows, StreamedImages, augment, training_images
+from ganmodels.data import ImageBank, ShardRows, StreamedImages, augment, random_zoom, training_images
 from ganmodels.masks import holes_to_mask, patch_origins, sample_holes
 from ganmodels.networks import build_networks, fill_holes
 from ganmodels.runtime import Runtime
@@ -154,6 +154,22 @@ def test_augment_takes_whole_crops_flipped_about_half_the_time():
     assert len(offsets) == 15 and 150 < flipped < 250
     with pytest.raises(ValueError, match="smaller than the training size"):
         augment(stored, 16, torch.Generator())
+
+
+def test_random_zoom_shows_a_smaller_square_of_each_image_at_its_own_size():
+    # a horizontal ramp: a zoomed-in view spans less of it, and is still a ramp
+    ramp = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(300, 3, 64, 64).contiguous()
+    zoomed = random_zoom(ramp, 2.0, torch.Generator().manual_seed(0))
+    assert zoomed.shape == ramp.shape
+    spans = zoomed[:, 0, 32, -1] - zoomed[:, 0, 32, 0]
+    assert (spans > 0.45).all() and (spans < 1.0).all() and spans.min() < 0.6 and spans.max() > 0.9
+    assert (zoomed[:, 0, 32, 1:] >= zoomed[:, 0, 32, :-1] - 1e-6).all()
+    assert torch.equal(random_zoom(ramp[:4], 2.0, torch.Generator().manual_seed(1)),
+                       random_zoom(ramp[:4], 2.0, torch.Generator().manual_seed(1)))
+    # off by default: the same draws and images as before zooming existed
+    stored = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    assert torch.equal(augment(stored, 16, torch.Generator().manual_seed(2)),
+                       augment(stored, 16, torch.Generator().manual_seed(2), max_zoom=1.0))
 
 
 def test_runtime_resolves_auto_for_the_device_and_puts_global_switches_back():

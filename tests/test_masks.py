@@ -66,6 +66,7 @@ def test_completion_keeps_known_pixels_exactly():
     lambda: ModelConfig(upsample="bicubic"),
     lambda: PhaseConfig(phase=1, steps=10, loss="huber"),
     lambda: PhaseConfig(phase=1, steps=10, lr_final=2.0),
+    lambda: PhaseConfig(phase=1, steps=10, max_zoom=0.5),
 ])
 def test_bad_values_raise_clear_errors(make):
     with pytest.raises(ValueError, match="must|need|do not fit"):

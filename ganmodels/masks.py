@@ -142,10 +142,12 @@ def patch_origins(holes: torch.Tensor, image_size: int, patch_size: int) -> torc
 
 
 def crop_patches(images: torch.Tensor, origins: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Gather one (C, patch_size, patch_size) patch per image at the given origins."""
+    """Gather (C, patch_size, patch_size) patches: one per image at origins (B, 2) as (B, C, P, P),
+    or K per image at origins (B, K, 2) as (B, K, C, P, P)."""
+    corners = origins.reshape(len(images), -1, 2)
     offsets = torch.arange(patch_size, device=images.device)
-    rows = (origins[:, 0, None] + offsets)[:, None, :, None]  # (B, 1, P, 1)
-    cols = (origins[:, 1, None] + offsets)[:, None, None, :]  # (B, 1, 1, P)
-    batch = torch.arange(images.shape[0], device=images.device)[:, None, None, None]
-    channels = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
-    return images[batch, channels, rows, cols]
+    rows = (corners[..., 0, None] + offsets)[:, :, None, :, None]  # (B, K, 1, P, 1)
+    cols = (corners[..., 1, None] + offsets)[:, :, None, None, :]  # (B, K, 1, 1, P)
+    batch = torch.arange(images.shape[0], device=images.device)[:, None, None, None, None]
+    channels = torch.arange(images.shape[1], device=images.device)[None, None, :, None, None]
+    return images[batch, channels, rows, cols].reshape(*origins.shape[:-1], images.shape[1], patch_size, patch_size)

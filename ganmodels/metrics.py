@@ -4,6 +4,8 @@ import math
 import numpy as np
 import torch
 
+from .masks import crop_patches
+
 
 def _hole_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     per_pixel = values.mean(dim=1, keepdim=True)  # average over colour channels
@@ -118,7 +120,7 @@ def _pyramid_swd(real: torch.Tensor, fake: torch.Tensor, seed: int, hole: torch.
             touches = torch.nn.functional.max_pool2d(level_hole, SWD_NEIGHBOURHOOD, stride=1,
                                                      padding=SWD_NEIGHBOURHOOD // 2)
             corners = [_neighbourhood_corners(touches, size, generator)] * 2
-        descriptors = [_normalised(_patches(band, rows, cols, SWD_NEIGHBOURHOOD).flatten(0, 1))
+        descriptors = [_normalised(crop_patches(band, torch.stack([rows, cols], dim=-1), SWD_NEIGHBOURHOOD).flatten(0, 1))
                        for band, (rows, cols) in zip((real_band, fake_band), corners)]
         distances.append(sliced_wasserstein(*descriptors, generator) * 1e3)
     return float(sum(distances) / len(distances))
@@ -182,7 +184,7 @@ def classifier_two_sample_accuracy(real: torch.Tensor, completed: torch.Tensor, 
     centres = torch.multinomial(weights, C2ST_PATCHES_PER_IMAGE, replacement=True, generator=generator)
     rows = (centres // size - patch // 2).clamp(0, size - patch)
     cols = (centres % size - patch // 2).clamp(0, size - patch)
-    patches = {name: _patches(torch.cat([images * 2 - 1, mask], dim=1), rows, cols, patch)
+    patches = {name: crop_patches(torch.cat([images * 2 - 1, mask], dim=1), torch.stack([rows, cols], dim=-1), patch)
                for name, images in (("real", real), ("completed", completed))}
     order = torch.randperm(len(real), generator=generator)
     halves = order[: len(order) // 2], order[len(order) // 2:]
@@ -207,15 +209,6 @@ def classifier_two_sample_accuracy(real: torch.Tensor, completed: torch.Tensor, 
         torch.set_flush_denormal(False)
         torch.set_num_threads(threads)
     return correct / total
-
-
-def _patches(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, patch: int) -> torch.Tensor:
-    """(N, K, C, patch, patch): each image's patches at its K top-left corners (rows, cols: (N, K))."""
-    offsets = torch.arange(patch)
-    owners = torch.arange(len(images))[:, None, None, None, None]
-    channels = torch.arange(images.shape[1])[None, None, :, None, None]
-    return images[owners, channels, (rows[:, :, None] + offsets)[:, :, None, :, None],
-                  (cols[:, :, None] + offsets)[:, :, None, None, :]]
 
 
 def _fit_classifier(real: torch.Tensor, completed: torch.Tensor, generator: torch.Generator) -> torch.nn.Module:

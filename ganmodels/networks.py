@@ -40,7 +40,7 @@ FILL_EPSILON = 1e-3
 
 
 class CompletionNetwork(nn.Module):
-    """GLCIC completion network: strided encoder, four dilated convolutions, deconv decoder.
+    """GLCIC completion network: strided encoder, four dilated convolutions, a decoder back to full size.
 
     Input: 4 channels (the image with its holes filled as `hole_fill` says, then the mask).
     Output: an RGB image in [0, 1] of the same size. With a fill made from the image itself
@@ -83,12 +83,13 @@ class CompletionNetwork(nn.Module):
             nn.init.zeros_(self.layers[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fill, outputs = x[:, :3], []
+        fill, kept = x[:, :3], {}  # kept: only the encoder outputs a skip joins, so inference holds no more
         for index, layer in enumerate(self.layers):
             if self.skips and index in self.SKIPS:
-                x = torch.cat([x, outputs[self.SKIPS[index]]], dim=1)
+                x = torch.cat([x, kept.pop(self.SKIPS[index])], dim=1)
             x = layer(x)
-            outputs.append(x)
+            if self.skips and index in self.SKIPS.values():
+                kept[index] = x
         if self.hole_fill == "mean":
             return torch.sigmoid(x)
         return torch.sigmoid(torch.logit(fill.clamp(FILL_EPSILON, 1 - FILL_EPSILON)) + x)

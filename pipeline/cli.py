@@ -26,8 +26,8 @@ from .runs import (Run, UserError, ancestry, checkpoint_path, explain, find_run,
                    model_state, progress, runs_table, status, timestamp, upstream)
 from .studio import LOOPBACK_HOSTS
 
-# The default network took about 0.26 GB per megapixel on the CPU (README): 16 megapixels
-# need about 4.7 GB; larger images are refused unless asked for.
+# The default network took about 0.45 GB per megapixel on the CPU (README): 16 megapixels
+# need about 8 GB; larger images are refused unless asked for.
 DEFAULT_MAX_PIXELS = 16_000_000
 DEFAULT_MAX_UPLOAD_MB = 20.0
 

@@ -80,8 +80,8 @@ class PretrainCompletion(TrainingProcesses, ArtifactTask):
                                       stroke_area_min=self.stroke_area_min, stroke_area_max=self.stroke_area_max)
         common = dict(phase=self.phase, batch_size=self.batch_size, lr_completion=self.lr_completion,
                       loss=self.loss, known_weight=self.known_weight, lr_schedule=self.lr_schedule,
-                      lr_final=self.lr_final, warmup_steps=self.warmup_steps, max_zoom=self.max_zoom, checkpoint_every=self.checkpoint_every,
-                      log_every=self.log_every, seed=self.seed)
+                      lr_final=self.lr_final, warmup_steps=self.warmup_steps, max_zoom=self.max_zoom,
+                      checkpoint_every=self.checkpoint_every, log_every=self.log_every, seed=self.seed)
         self.phase_config = configured(PhaseConfig, {"steps": f"phase{self.phase}_steps", **self.renamed_settings()},
                                        **{**common, **self.phase_settings()})
         # The grids show val images and the evaluation measures the test split: refuse before any training.

@@ -2,7 +2,6 @@
 import logging
 
 import luigi
-import numpy as np
 import pytest
 import torch
 from luigi.task_register import Register

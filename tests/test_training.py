@@ -5,9 +5,9 @@ import torch
 from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig
 from ganmodels.data import ImageBank
 from ganmodels.masks import holes_to_mask, patch_origins, sample_holes
-from ganmodels.networks import build_networks, complete, fill_holes
+from ganmodels.networks import build_networks, fill_holes
 from ganmodels.runtime import Runtime
-from ganmodels.training import TrainingCollapsed, completion_step, load_completion, train_phase
+from ganmodels.training import TrainingCollapsed, completion_step, train_phase
 
 MEAN = torch.tensor([0.5, 0.4, 0.3])
 

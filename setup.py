@@ -35,7 +35,7 @@ setup(
         "python-multipart>=0.0.9",
         "tensorboard>=2.16",
     ],
-    entry_points={"console_scripts": ["gan-pipeline-distributed = pipeline.distributed:main"]},
+    entry_points={"console_scripts": ["gan-pipeline-distributed = pipeline.training.worker:main"]},
     extras_require={
         # playwright drives the system's Chromium (tests/test_studio.py); it never downloads a browser there
         "test": ["pytest>=8.0", "moto[server]>=5.0", "playwright>=1.44"],

@@ -26,10 +26,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ganmodels.data import ImageBank
-from ganmodels.dcgan import DCGANConfig
-from ganmodels.dcgan_training import generator_from_state, signed_batches, train_dcgan
-from ganmodels.monitoring import image_grid, sample_diversity
+from ganmodels.collapse import sample_diversity
+from ganmodels.dcgan.config import DCGANConfig
+from ganmodels.dcgan.sampling import generate, generator_from_state
+from ganmodels.dcgan.training import train_dcgan
+from ganmodels.feeding import ImageBank
+from ganmodels.rendering import image_grid
+from ganmodels.runtime import Runtime
 from pipeline.imagefiles import decode_image
 
 IMAGE_SIZE = 32
@@ -75,15 +78,14 @@ def quality(samples: torch.Tensor, held_out: torch.Tensor) -> dict:
 def train_and_measure(config: DCGANConfig, train: ImageBank, held_out: torch.Tensor, samples_dir: str | None) -> dict:
     logs = []
     started = time.perf_counter()
-    state = train_dcgan(config, signed_batches(train, flip=True), None, "cpu", lambda state: None, logs.append)
+    state = train_dcgan(config, train, None, Runtime(), on_log=logs.append)
     seconds = time.perf_counter() - started
     generator = generator_from_state(state)
     latents = torch.randn(len(held_out), config.latent_size, generator=torch.Generator().manual_seed(12345))
-    with torch.no_grad():
-        samples = generator(latents)
+    samples = generate(generator, latents) * 2 - 1  # in the held-out images' [-1, 1]
     if samples_dir:
         os.makedirs(samples_dir, exist_ok=True)
-        image_grid(samples[:64], nrow=8).save(
+        image_grid(samples[:64].add(1).div(2), nrow=8).save(
             os.path.join(samples_dir, f"match{config.latent_match_steps}-seed{config.seed}.png"))
     last = pd.DataFrame(logs).tail(5).mean()  # the last 5 logs: single logs are noisy
     return {"latent_match_steps": config.latent_match_steps, "seed": config.seed, "s_per_step": seconds / config.steps,
@@ -96,7 +98,7 @@ def main() -> None:
     parser.add_argument("--faces", required=True, help="Folder of face images")
     parser.add_argument("--held-out", type=int, default=300)
     parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--base-channels", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--match-steps", type=int, nargs="+", default=[0, 3])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -107,13 +109,14 @@ def main() -> None:
     train_images, held_out_images = load_faces(args.faces, args.held_out)
     train, held_out = ImageBank([train_images], "cpu"), signed_float(held_out_images)
     print(f"{len(train)} train and {len(held_out)} held-out faces at {IMAGE_SIZE} px; "
-          f"{args.steps} steps, width {args.width}, batch {args.batch_size}, {torch.get_num_threads()} threads")
+          f"{args.steps} steps, base_channels {args.base_channels}, batch {args.batch_size}, {torch.get_num_threads()} threads")
     reference = {"latent_match_steps": "real (train vs held-out)",
                  **quality(signed_float(train_images[:len(held_out)]), held_out)}
     rows = [reference]
     for seed in args.seeds:
         for match_steps in args.match_steps:
-            config = DCGANConfig(image_size=IMAGE_SIZE, steps=args.steps, width=args.width, batch_size=args.batch_size,
+            config = DCGANConfig(image_size=IMAGE_SIZE, steps=args.steps, base_channels=args.base_channels,
+                                 batch_size=args.batch_size,
                                  latent_match_steps=match_steps, seed=seed, log_every=max(1, args.steps // 50))
             rows.append(train_and_measure(config, train, held_out, args.samples_dir))
             print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format="%.4f"), flush=True)

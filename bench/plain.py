@@ -15,11 +15,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig
-from ganmodels.masks import patch_origins
-from ganmodels.networks import build_networks, fill_holes
+from ganmodels.glcic.config import PhaseOptions
+from ganmodels.glcic.networks import build_networks, fill_holes
+from ganmodels.glcic.training import train_step
+from ganmodels.masks import MaskConfig, patch_origins
 from ganmodels.runtime import Runtime
-from ganmodels.training import train_step
 
 PLAIN_RUNTIME_SETTINGS = dict(precision="fp32", channels_last=False, compile=False, fused_optimizer=False)
 
@@ -64,42 +64,43 @@ def _epochs(loader: DataLoader) -> Iterator[torch.Tensor]:
         yield from loader
 
 
-def plain_phase(config: PhaseConfig, model_config: ModelConfig, mask_config: MaskConfig, paths: list[str],
-                mean_pixel: torch.Tensor, start: dict | None, device: str, workers: int,
-                warmup_steps: int) -> dict:
-    """Train `config.steps` plain steps; returns images/s and the share of time spent waiting for data.
+def plain_phase(options: PhaseOptions, paths: list[str], mean_pixel: torch.Tensor, start: dict | None, device: str,
+                workers: int, warmup_steps: int) -> dict:
+    """Train `options.steps` plain steps; returns images/s and the share of time spent waiting for data.
 
     The first `warmup_steps` are not timed.
     """
     runtime = Runtime(device=device, **PLAIN_RUNTIME_SETTINGS)
-    torch.manual_seed(config.seed)
+    model_config, mask_config, batch_size = options.model, options.masks, options.completion.batch_size
+    torch.manual_seed(options.completion.seed)
     completion, discriminator = (net.to(device).train() for net in build_networks(model_config))
-    optimizers = (torch.optim.Adam(completion.parameters(), lr=config.lr_completion),
-                  torch.optim.Adam(discriminator.parameters(), lr=config.lr_discriminator, betas=(0.5, 0.999)))
+    lr_completion, lr_discriminator = options.learning_rates(0)
+    optimizers = (torch.optim.Adam(completion.parameters(), lr=lr_completion),
+                  torch.optim.Adam(discriminator.parameters(), lr=lr_discriminator, betas=(0.5, 0.999)))
     if start is not None:
-        completion.load_state_dict(start["completion"])
-        discriminator.load_state_dict(start["discriminator"])
-    discriminator.requires_grad_(config.phase != 1)
-    if config.phase == 2:
+        completion.load_state_dict(start["networks"]["completion"])
+        discriminator.load_state_dict(start["networks"]["discriminator"])
+    discriminator.requires_grad_(options.trains_discriminator)
+    if not options.trains_completion:
         completion.eval()
     if device.startswith("cuda"):
         completion, discriminator = nn.DataParallel(completion), nn.DataParallel(discriminator)
-    loader = DataLoader(JpegFolder(paths, model_config.image_size), batch_size=config.batch_size, shuffle=True,
+    loader = DataLoader(JpegFolder(paths, model_config.image_size), batch_size=batch_size, shuffle=True,
                         drop_last=True, num_workers=workers, pin_memory=device.startswith("cuda"))
-    batches, rng = _epochs(loader), random.Random(config.seed)
+    batches, rng = _epochs(loader), random.Random(options.completion.seed)
     mean_pixel = mean_pixel.to(device)
     waited, started = 0.0, time.perf_counter()
-    for step in range(config.steps):
+    for step in range(options.steps):
         if step == warmup_steps:
             waited, started = 0.0, time.perf_counter()
         fetch_start = time.perf_counter()
         real = next(batches).to(device)
         waited += time.perf_counter() - fetch_start
-        holes = reference_holes(config.batch_size, mask_config, rng)
+        holes = reference_holes(batch_size, mask_config, rng)
         mask = reference_mask(holes, model_config.image_size).to(device)
         origins = patch_origins(torch.tensor(holes, device=device), model_config.image_size, model_config.local_size)
         filled = fill_holes(real, mask, mean_pixel, model_config.hole_fill)
-        losses = train_step(config, completion, discriminator, optimizers, real, mask, origins, filled, runtime)
+        losses = train_step(options, completion, discriminator, optimizers, real, mask, origins, filled, runtime)
         losses.tolist()  # the reimplementation prints every step's loss
     elapsed = time.perf_counter() - started
-    return {"images_per_s": (config.steps - warmup_steps) * config.batch_size / elapsed, "data_wait": waited / elapsed}
+    return {"images_per_s": (options.steps - warmup_steps) * batch_size / elapsed, "data_wait": waited / elapsed}

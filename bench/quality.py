@@ -27,11 +27,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ganmodels.networks import complete  # noqa: E402
-from ganmodels.training import load_completion  # noqa: E402
+from ganmodels.glcic.networks import complete  # noqa: E402
 from pipeline import PrepareImages, PretrainCompletion, TrainJoint  # noqa: E402
-from pipeline import storage  # noqa: E402
-from pipeline.checkpoints import FINAL_STATE, load_state  # noqa: E402
+from pipeline.artifacts import storage  # noqa: E402
+from pipeline.tasks.inpainting import trained_model  # noqa: E402
 from pipeline.evaluation import (HIGHER_IS_BETTER, PIXEL_METRICS, REALISM_METRICS, baseline_fills,  # noqa: E402
                                  evaluate_fills)
 
@@ -96,10 +95,9 @@ def main() -> None:
                 per_image, realism = evaluated[task.directory]
                 scored.append((per_image.assign(method=label), realism.assign(method=label)))
                 continue
-            state = load_state(task.path(FINAL_STATE))
-            completion = load_completion(state)
-            mean_pixel = torch.tensor(state["mean_pixel"])
-            mask_config = task.mask_config
+            completion, options = trained_model(task)
+            mean_pixel = torch.tensor(task.requires()["shards"].mean_pixel())
+            mask_config = options.masks
             fill = {label: lambda images, mask: complete(completion, images, mask, mean_pixel)}
             evaluated[task.directory] = evaluate_fills(eval_images, fill, mask_config, args.eval_seed)
             scored.append(evaluated[task.directory])

@@ -4,13 +4,14 @@
     python bench/train_step.py --device cpu --size 64 --batch 16 --width 0.25
 
 Both paths train the same networks from the same weights on the same synthetic photos:
-the fast path runs `ganmodels.training.train_phase` on uint8 shards (held on the
+the fast path runs `ganmodels.glcic.training.train_phase` on uint8 shards (held on the
 device, or streamed from a memory map), the plain path
 (bench/plain.py) decodes the same photos from JPEG files at every step. Model FLOPs
 per image are counted from the networks with torch's FlopCounterMode over one real
 training step; on CUDA, MFU is achieved FLOP/s over the device's dense bf16 peak.
 """
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -28,14 +29,20 @@ from torchvision.transforms import functional as TF
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.plain import plain_phase  # noqa: E402
-from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig  # noqa: E402
-from ganmodels.data import ImageBank, training_images  # noqa: E402
-from ganmodels.runtime import Runtime  # noqa: E402
-from ganmodels.training import train_phase  # noqa: E402
+from ganmodels.feeding import ImageBank, training_images  # noqa: E402
+from ganmodels.glcic.config import PhaseOptions  # noqa: E402
+from ganmodels.glcic.training import train_phase  # noqa: E402
+from ganmodels.runtime import Runtime, RuntimeOptions  # noqa: E402
 
 # Fast-path variants: Runtime settings over those Runtime.resolve picks for the device.
 VARIANTS = {"fast": {}, "eager": {"compile": False}, "compile": {"compile": True}, "stream": {"data_on_device": "no"},
             "nchw": {"channels_last": False}, "fp32": {"precision": "fp32"}}
+
+# Which completion network and training recipe to time: the paper's (configs/paper.cfg; the one
+# docs/training-speed.md's tables measured) or the pipeline's defaults.
+NETWORKS = {"paper": {"upsample": "transpose", "skips": False, "hole_fill": "mean", "mask_kind": "box", "loss": "mse",
+                      "lr_schedule": "constant", "max_zoom": 1.0},
+            "default": {}}
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendor's data sheets, in FLOP/s.
 BF16_PEAKS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989.4e12), ("H200", 989.4e12),
@@ -72,12 +79,13 @@ def prepare_data(folder: str, count: int, photo_size: tuple[int, int], size: int
     return paths, np.load(shard_path, mmap_mode="r")
 
 
-def phase_config(phase: int, steps: int, batch: int, log_every: int) -> PhaseConfig:
-    return PhaseConfig(phase=phase, steps=steps, batch_size=batch, alpha=4e-4, log_every=log_every,
-                       checkpoint_every=steps + 1)
+def phase_options(phase: int, steps: int, batch: int, log_every: int, network: dict) -> PhaseOptions:
+    return PhaseOptions.from_settings(phase, **network, **{f"phase{earlier}_steps": steps for earlier in range(1, phase + 1)},
+                                      **({"alpha": 4e-4} if phase == 3 else {}), batch_size=batch, log_every=log_every,
+                                      checkpoint_every=steps + 1)
 
 
-def count_flops(phases, model_config, mask_config, shard, mean_pixel, device) -> tuple[dict, dict]:
+def count_flops(phases, network, shard, mean_pixel, device) -> tuple[dict, dict]:
     """Model FLOPs per image of one training step of each phase, and each phase's end state to start from."""
     runtime = Runtime(device=device)  # eager fp32: every convolution and product is seen by the counter
     images = ImageBank([shard[:4]], device)
@@ -85,16 +93,15 @@ def count_flops(phases, model_config, mask_config, shard, mean_pixel, device) ->
     for phase in range(1, max(phases) + 1):
         starts[phase] = state
         with FlopCounterMode(display=False) as counter:
-            state = train_phase(phase_config(phase, 1, 2, 1), model_config, mask_config, images, mean_pixel,
-                                state, runtime)
+            state = train_phase(phase_options(phase, 1, 2, 1, network), images, mean_pixel, state, runtime)
         flops[phase] = counter.get_total_flops() / 2
     return flops, starts
 
 
-def time_fast(phase, runtime, images, starts, args, model_config, mask_config, mean_pixel) -> dict:
+def time_fast(phase, runtime, images, starts, args, network, mean_pixel) -> dict:
     steps = args.window * (args.windows + 1)  # the first window (autotuning, compilation) is not counted
-    state = train_phase(phase_config(phase, steps, args.batch, args.window), model_config, mask_config, images,
-                        mean_pixel, starts[phase], runtime)
+    state = train_phase(phase_options(phase, steps, args.batch, args.window, network), images, mean_pixel,
+                        starts[phase], runtime)
     rows = [row for row in state["history"] if row["phase"] == phase][1:]
     return {"images_per_s": statistics.median(row["images_per_s"] for row in rows),
             "data_wait": max(row["data_wait"] for row in rows), "windows": [row["images_per_s"] for row in rows]}
@@ -121,7 +128,10 @@ def main(argv=None) -> dict:
                         help="HEIGHTxWIDTH of the JPEG files the plain path decodes (default: aligned CelebA's)")
     parser.add_argument("--variants", default="fast,stream",
                         help=f"fast-path variants to time, from {', '.join(VARIANTS)} (the plain path always runs)")
-    parser.add_argument("--data-workers", type=int, default=Runtime.data_workers,
+    parser.add_argument("--network", choices=sorted(NETWORKS), default="paper",
+                        help="paper: the paper's network and recipe (as docs/training-speed.md measured); "
+                             "default: the pipeline's")
+    parser.add_argument("--data-workers", type=int, default=RuntimeOptions.data_workers,
                         help="DataLoader workers of the fast path when it streams")
     parser.add_argument("--plain-workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="DataLoader workers of the plain path")
@@ -131,8 +141,7 @@ def main(argv=None) -> dict:
 
     device = Runtime.resolve(args.device).device
     phases = sorted({int(p) for p in args.phases.split(",")})
-    model_config = ModelConfig(image_size=args.size, width=args.width)
-    mask_config = MaskConfig(image_size=args.size)
+    network = {**NETWORKS[args.network], "image_size": args.size, "width": args.width}
     steps = args.window * (args.windows + 1)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else None
     if peak is None and device != "cpu":
@@ -144,21 +153,22 @@ def main(argv=None) -> dict:
         photo_size = tuple(int(side) for side in args.photo_size.split("x"))
         paths, shard = prepare_data(folder, args.photos or steps * args.batch, photo_size, args.size)
         mean_pixel = torch.from_numpy(shard.mean(axis=(0, 2, 3)) / 255).float()
-        flops, starts = count_flops(phases, model_config, mask_config, shard, mean_pixel, device)
+        flops, starts = count_flops(phases, network, shard, mean_pixel, device)
         results = []
         for phase in phases:
             for name, settings in variants.items():
-                runtime = Runtime.resolve(device, **{"data_workers": args.data_workers, **settings})
+                runtime = dataclasses.replace(Runtime.resolve(device, RuntimeOptions(data_workers=args.data_workers)),
+                                              **settings)
                 images = training_images([shard], runtime)
                 try:
-                    measured = time_fast(phase, runtime, images, starts, args, model_config, mask_config, mean_pixel)
+                    measured = time_fast(phase, runtime, images, starts, args, network, mean_pixel)
                 except Exception as error:  # one variant failing (a compiler error, say) leaves the others' figures
                     print(f"phase {phase} {name}: {type(error).__name__}: {error}", file=sys.stderr)
                     continue
                 results.append({"phase": phase, "path": name, "runtime": runtime.to_dict(), **measured})
                 print(f"phase {phase} {name}: {measured}", flush=True)
-            measured = plain_phase(phase_config(phase, steps, args.batch, steps), model_config, mask_config, paths,
-                                   mean_pixel, starts[phase], device, args.plain_workers, warmup_steps=args.window)
+            measured = plain_phase(phase_options(phase, steps, args.batch, steps, network), paths, mean_pixel,
+                                   starts[phase], device, args.plain_workers, warmup_steps=args.window)
             results.append({"phase": phase, "path": "plain", **measured})
             print(f"phase {phase} plain: {measured}", flush=True)
             if device.startswith("cuda"):
@@ -170,7 +180,7 @@ def main(argv=None) -> dict:
         row["gflop_per_image"] = flops[row["phase"]] / 1e9
         row["mfu"] = row["images_per_s"] * flops[row["phase"]] / peak if peak else None
     report = {"device": describe_device(device), "torch": torch.__version__, "size": args.size, "batch": args.batch,
-              "width": args.width, "photo_size": args.photo_size, "bf16_peak_tflops": peak / 1e12 if peak else None,
+              "width": args.width, "network": args.network, "photo_size": args.photo_size, "bf16_peak_tflops": peak / 1e12 if peak else None,
               "results": results}
     print(f"{report['device']}, torch {report['torch']}: size {args.size}, batch {args.batch}, width {args.width}, "
           f"plain path decoding {args.photo_size} JPEGs")

@@ -4,15 +4,67 @@ Everything is drawn on the generator's device from that generator alone, so a se
 generator gives the same masks on every run, and training never waits for the host.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .config import MaskConfig
+from .options import check_choices, option, require
 
 # Brush strokes in the spirit of DeepFill v2's free-form masks: a polyline of a few segments
 # that turns by a random angle at each vertex, drawn with a round brush. Lengths and widths are
 # fractions of the image side, so a mask looks the same at every image size.
+MASK_KINDS = ("box", "strokes", "mixed")
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """Which holes to cut: rectangles, free-form brush strokes, or a mix of both.
+
+    Rectangles: sides in [hole_min, hole_max] of the image side, placed inside the area
+    that keeps `hole_margin` from every border, never larger than the local discriminator's
+    patch (half the image). Strokes: their union covers a share of the image uniform in
+    [stroke_area_min, stroke_area_max]. `mixed` gives each image one kind or the other.
+    """
+
+    image_size: int = option(64, "Side in pixels of the square training images")
+    mask_kind: str = option("mixed", "Training holes: box, strokes (free-form) or mixed", MASK_KINDS)
+    hole_min: float = option(0.25, "Smallest box side, as a fraction of image_size")
+    hole_max: float = option(0.5, "Largest box side, as a fraction of image_size")
+    hole_margin: float = option(0.0, "Boxes keep this fraction of image_size from borders")
+    stroke_area_min: float = option(0.1, "Smallest share of the image brush strokes cover")
+    stroke_area_max: float = option(0.4, "Largest share of the image brush strokes cover")
+
+    def __post_init__(self):
+        check_choices(self)
+        require(0 < self.stroke_area_min <= self.stroke_area_max <= 0.75,
+                f"need 0 < stroke_area_min <= stroke_area_max <= 0.75, got {self.stroke_area_min}, "
+                f"{self.stroke_area_max}")
+        require(0 < self.hole_min <= self.hole_max, f"need 0 < hole_min <= hole_max, got {self.hole_min}, {self.hole_max}")
+        require(self.hole_max <= 0.5, f"hole_max must be <= 0.5 (the local patch is half the image), got {self.hole_max}")
+        require(0 <= self.hole_margin < 0.5, f"hole_margin must be in [0, 0.5), got {self.hole_margin}")
+        require(self.min_pixels >= 1, f"hole_min={self.hole_min} is less than one pixel at image_size={self.image_size}")
+        require(self.max_pixels <= self.area_size,
+                f"holes up to {self.max_pixels} px do not fit the placement area of {self.area_size} px "
+                f"(image_size={self.image_size}, hole_margin={self.hole_margin})")
+
+    @property
+    def min_pixels(self) -> int:
+        return round(self.hole_min * self.image_size)
+
+    @property
+    def max_pixels(self) -> int:
+        return round(self.hole_max * self.image_size)
+
+    @property
+    def area_start(self) -> int:
+        return round(self.hole_margin * self.image_size)
+
+    @property
+    def area_size(self) -> int:
+        return self.image_size - 2 * self.area_start
+
+
 STROKE_CANDIDATES = 8  # strokes drawn per image; the first k that reach the drawn area are kept
 STROKE_SEGMENTS = 5
 STROKE_SEGMENT_LENGTH = (0.08, 0.25)
@@ -123,7 +175,7 @@ def sample_masks(batch_size: int, config: MaskConfig, generator: torch.Generator
     `kind` overrides the config's: box, strokes, or mixed (each image a box or strokes with
     even odds). The boxes (top, left, height, width) place the local discriminator's patch.
     """
-    kind = kind or config.kind
+    kind = kind or config.mask_kind
     if kind == "box":
         holes = sample_holes(batch_size, config, generator)
         return holes_to_mask(holes, config.image_size), holes

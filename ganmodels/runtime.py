@@ -10,13 +10,35 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .config import _require
+from .options import check_choices, option, require
 
 PRECISIONS = ("fp32", "bf16")
 DATA_PLACEMENTS = ("auto", "yes", "no")
+AUTO_YES_NO = ("auto", "yes", "no")
 # Share of the device's free memory (host RAM on the CPU) the training images may take when
 # data_on_device=auto; the rest is left for activations, which at 256 px dwarf the weights.
 DATA_BUDGET_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How a user asks a training run to use its device; each training process resolves them
+    into a `Runtime` for the device it has (the process that starts training never touches CUDA).
+
+    Like the device, these change how fast a model trains, not which model: bf16 autocast
+    rounds activations, never the fp32 weights, as cuDNN's kernel choices already differ.
+    """
+
+    precision: str = option("auto", "auto: bf16 autocast on CUDA, fp32 on the CPU", ("auto", *PRECISIONS),
+                            affects_result=False)
+    compile: str = option("auto", "torch.compile the networks; auto: on CUDA only", AUTO_YES_NO, affects_result=False)
+    data_on_device: str = option("auto", "Hold the train split on the device (yes), stream it from the memory-mapped "
+                                         "shards (no), or yes if it fits (auto)", DATA_PLACEMENTS, affects_result=False)
+    data_workers: int = option(4, "DataLoader workers when streaming", affects_result=False)
+
+    def __post_init__(self):
+        check_choices(self)
+        require(self.data_workers >= 0, f"data_workers must be >= 0, got {self.data_workers}")
 
 
 @dataclass(frozen=True)
@@ -43,21 +65,20 @@ class Runtime:
     data_workers: int = 4
 
     def __post_init__(self):
-        _require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        _require(self.data_on_device in DATA_PLACEMENTS,
+        require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        require(self.data_on_device in DATA_PLACEMENTS,
                  f"data_on_device must be one of {DATA_PLACEMENTS}, got {self.data_on_device!r}")
-        _require(self.data_workers >= 0, f"data_workers must be >= 0, got {self.data_workers}")
+        require(self.data_workers >= 0, f"data_workers must be >= 0, got {self.data_workers}")
         try:
             kind = self.torch_device.type
         except RuntimeError:
             kind = None
-        _require(kind in ("cpu", "cuda"), f"device must be cpu or cuda[:N], got {self.device!r}")
-        _require(kind == "cpu" or torch.cuda.is_available(), f"device {self.device!r} asked for but CUDA is not available")
+        require(kind in ("cpu", "cuda"), f"device must be cpu or cuda[:N], got {self.device!r}")
+        require(kind == "cpu" or torch.cuda.is_available(), f"device {self.device!r} asked for but CUDA is not available")
 
     @classmethod
-    def resolve(cls, device: str = "auto", precision: str = "auto", compile: str | bool = "auto",
-                **settings) -> "Runtime":
-        """Fill in the 'auto' choices for the device at hand.
+    def resolve(cls, device: str = "auto", options: RuntimeOptions = RuntimeOptions()) -> "Runtime":
+        """Fill in the 'auto' choices of `options` for the device at hand.
 
         auto device: CUDA when present. auto precision: bf16 on CUDA (tensor cores run it at
         twice the TF32 rate), fp32 on the CPU (most CPUs have no fast bf16). auto compile:
@@ -68,11 +89,10 @@ class Runtime:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         on_cuda = torch.device(device).type == "cuda"
-        if precision == "auto":
-            precision = "bf16" if on_cuda else "fp32"
-        if compile == "auto":
-            compile = on_cuda
-        return cls(device=str(device), precision=precision, compile=bool(compile), **settings)
+        precision = {"auto": "bf16" if on_cuda else "fp32"}.get(options.precision, options.precision)
+        compile = {"auto": on_cuda, "yes": True, "no": False}[options.compile]
+        return cls(device=str(device), precision=precision, compile=compile, data_on_device=options.data_on_device,
+                   data_workers=options.data_workers)
 
     @property
     def torch_device(self) -> torch.device:

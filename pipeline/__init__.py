@@ -1,8 +1,8 @@
 """Luigi tasks from an image collection to trained GAN models: `luigi --module pipeline TrainInpainter`."""
 from .data import PrepareImages
-from .generation import TrainDCGAN
-from .inpainting import (EvaluateInpainter, PretrainCompletion, PretrainDiscriminator, RenderEvalGrid,
-                         TrainInpainter, TrainJoint)
+from .tasks.generation import TrainDCGAN
+from .tasks.inpainting import (EvaluateInpainter, PretrainCompletion, PretrainDiscriminator, RenderEvalGrid,
+                               TrainInpainter, TrainJoint)
 
 __all__ = ["PrepareImages", "PretrainCompletion", "PretrainDiscriminator", "TrainJoint",
            "RenderEvalGrid", "EvaluateInpainter", "TrainInpainter", "TrainDCGAN"]

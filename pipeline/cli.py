@@ -15,16 +15,17 @@ import pandas as pd
 import torch
 from PIL import Image, ImageOps
 
-from ganmodels.dcgan_training import generator_from_state
-from ganmodels.distributed import resolve_device
-from ganmodels.inference import generate, latent_walks
+from ganmodels.dcgan.sampling import generate, generator_from_state, latent_walks
+from ganmodels.world import resolve_device
 
-from . import report, sources, storage
+from . import report, sources
+from .artifacts import storage
 from .imagefiles import ACCEPTED_FORMATS, RejectedImage, TooManyPixels, decode_full_size
 from .infill import Inpainter
-from .runs import (Run, UserError, ancestry, checkpoint_path, explain, find_run, human_size, load_run,
+from .artifacts.runs import (Run, UserError, ancestry, checkpoint_path, explain, find_run, human_size, load_run,
                    model_state, progress, runs_table, status, timestamp, upstream)
 from .studio import LOOPBACK_HOSTS
+from .tasks.base import artifact_root, cache_dir
 
 # The default network took about 0.45 GB per megapixel on the CPU (README): 16 megapixels
 # need about 8 GB; larger images are refused unless asked for.
@@ -124,8 +125,7 @@ def cmd_report(args) -> None:
 
 def cmd_infill(args) -> None:
     device = resolve_device(args.device)
-    inpainter = Inpainter(model_state(checkpoint_path(args.root, args.model), device, "completion"), device,
-                          args.model)
+    inpainter = Inpainter(model_state(checkpoint_path(args.root, args.model), device, "completion"), device)
     if args.max_pixels < 1:
         raise UserError(f"--max-pixels must be at least 1, got {args.max_pixels}")
     for image_path, mask_path, out_path in infill_jobs(args.image, args.mask, args.out):
@@ -216,7 +216,7 @@ def cmd_serve(args) -> None:
 
     from .studio.app import create_app
 
-    app = create_app(args.root, resolve_device(args.device), int(args.max_upload_mb * 1e6), args.max_pixels,
+    app = create_app(args.root, cache_dir(), resolve_device(args.device), int(args.max_upload_mb * 1e6), args.max_pixels,
                      allowed_hosts=(*LOOPBACK_HOSTS, args.host))
     host, port = listener.getsockname()[:2]
     print(f"studio on http://{f'[{host}]' if ':' in host else host}:{port}/ (artifact root {args.root}); "
@@ -243,7 +243,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def _root(value: str | None) -> str:
     if value is None:
-        return storage.root()
+        return artifact_root()
     return value if "://" in value else os.path.abspath(os.path.expanduser(value))
 
 

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import sources, storage
-from .base import ArtifactTask, log
+from . import sources
+from .artifacts import storage
+from .tasks.base import ArtifactTask, cache_dir, log
 from .ingest import DecodeSettings, ingest_folder, usable_cores
 
 SPLITS = ("train", "val", "test")
@@ -18,12 +19,6 @@ SPLITS = ("train", "val", "test")
 
 def _read_csv(path: str) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(storage.read_bytes(path)), keep_default_na=False)
-
-
-def load_array(path: str) -> np.ndarray:
-    """A stored uint8 array, memory-mapped so only the rows used are read, once its bytes
-    have matched its task's manifest (hashed once per process)."""
-    return np.load(storage.local_path(path), mmap_mode="r", allow_pickle=False)
 
 
 def splits_by_fraction(dataset: str, official_split: bool) -> bool:
@@ -212,7 +207,7 @@ class PrepareImages(ArtifactTask):
 
     def split_arrays(self, split: str) -> list[np.ndarray]:
         """The memory-mapped shards of one split, in shard order."""
-        return [load_array(path) for path in self.split_paths(split)]
+        return [storage.load_array(path, cache_dir()) for path in self.split_paths(split)]
 
     def mean_pixel(self) -> list[float]:
         return storage.read_json(self.path("mean_pixel.json"))["mean_pixel"]

@@ -16,15 +16,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ganmodels.config import MaskConfig
-from ganmodels.data import to_float
-from ganmodels.masks import holes_to_mask, sample_holes, sample_strokes
+from ganmodels.feeding import to_float
+from ganmodels.glcic.networks import fill_holes
+from ganmodels.masks import MaskConfig, holes_to_mask, sample_holes, sample_strokes
 from ganmodels.metrics import classifier_two_sample_accuracy, hole_patch_swd, inpainting_metrics
-from ganmodels.networks import fill_holes
 
 CLASSICAL_METHODS = {"telea": cv2.INPAINT_TELEA, "navier_stokes": cv2.INPAINT_NS}
 CLASSICAL_RADIUS = 3  # neighbourhood, in pixels, that OpenCV's inpainting draws each hole pixel from
 EVALUATION_KINDS = ("box", "strokes")
+GRID_IMAGES = 8  # validation images of the fixed grids, in TensorBoard during training and in RenderEvalGrid
 AREA_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # hole area as a share of the image
 PIXEL_METRICS = ("psnr_hole", "l1_hole", "ssim")
 REALISM_METRICS = ("swd_hole", "c2st_accuracy")

@@ -2,24 +2,24 @@
 
 Images are (H, W, 3) uint8 RGB at their own size and masks (H, W) bool, True in the holes.
 The network sees the image reflect-padded to its size multiple and its output is cropped
-back (ganmodels.inference.predict), so no pixel is resampled and known pixels come back
+back (ganmodels.glcic.inference.predict), so no pixel is resampled and known pixels come back
 unchanged.
 """
 import cv2
 import numpy as np
 import torch
 
-from ganmodels.inference import paste, predict, size_multiple
-from ganmodels.training import load_completion
+from ganmodels.glcic.inference import load_completion, paste, predict, size_multiple
+from ganmodels.rendering import to_uint8
 
 # The evaluation's classical baseline, so that Telea here is the Telea of the metrics table.
+from .artifacts.runs import UserError
 from .evaluation import CLASSICAL_RADIUS, classical_inpaint
-from .runs import UserError
 
 
-def to_uint8(image: torch.Tensor) -> np.ndarray:
+def _pixels(batch: torch.Tensor) -> np.ndarray:
     """The first image of a [0, 1] batch as (H, W, 3) uint8."""
-    return image[0].permute(1, 2, 0).mul(255).round().byte().cpu().numpy()
+    return to_uint8(batch[0]).permute(1, 2, 0).numpy()
 
 
 def _batch(pixels: np.ndarray, mask: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,10 +31,7 @@ def _batch(pixels: np.ndarray, mask: np.ndarray, device: torch.device) -> tuple[
 class Inpainter:
     """The completion network of a training state with the mean pixel it was trained with."""
 
-    def __init__(self, state: dict, device: torch.device, name: str):
-        if "mean_pixel" not in state:
-            raise UserError(f"{name} was saved without its mean pixel (trained before it was recorded); "
-                            "train it again to use it here")
+    def __init__(self, state: dict, device: torch.device):
         self.device = device
         self.completion = load_completion(state, device)
         self.mean_pixel = torch.tensor(state["mean_pixel"], device=device)
@@ -51,14 +48,14 @@ class Inpainter:
         images, holes = _batch(pixels, mask, self.device)
         prediction = predict(self.completion, images, holes, self.mean_pixel)
         if poisson:
-            return poisson_blend(pixels, to_uint8(prediction), mask)
-        return to_uint8(paste(images, prediction, holes))
+            return poisson_blend(pixels, _pixels(prediction), mask)
+        return _pixels(paste(images, prediction, holes))
 
 
 def telea(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The image with its holes filled by OpenCV's Telea, the classical baseline of the evaluation."""
     images, holes = _batch(pixels, mask, torch.device("cpu"))
-    return to_uint8(classical_inpaint(images, holes, "telea"))
+    return _pixels(classical_inpaint(images, holes, "telea"))
 
 
 def poisson_blend(image: np.ndarray, prediction: np.ndarray, mask: np.ndarray) -> np.ndarray:

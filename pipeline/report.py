@@ -8,11 +8,12 @@ import html
 import os
 
 import pandas as pd
-from matplotlib.figure import Figure
 
-from . import storage
+from ganmodels.rendering import loss_curves_png
+
+from .artifacts import storage
 from .evaluation import HIGHER_IS_BETTER
-from .runs import flatten, loss_columns, nearest_evaluation, training_history
+from .artifacts.runs import flatten, loss_columns, nearest_evaluation, training_history
 
 IMAGES = "images"
 METHOD_ROLES = {"model": "model", "mean_fill": "floor: the mean-filled input",
@@ -66,24 +67,6 @@ def copy_images(runs: list, out: str) -> str:
         storage.copy_to_local(run.path(name), os.path.join(out, IMAGES, local_name))
         figures.append(_figure(image_caption(run, name), f"{IMAGES}/{local_name}", "grid"))
     return "\n".join(figures)
-
-
-def plot_losses(history: pd.DataFrame, losses: list[str], path: str) -> None:
-    """One panel per logged loss against the step counted across phases, phase starts dashed."""
-    steps = history["step"].astype(float)
-    starts = []
-    if "phase" in history and "steps" in history:
-        phase_lengths = history.groupby("phase")["steps"].max()
-        offsets = phase_lengths.cumsum() - phase_lengths
-        steps = steps + history["phase"].map(offsets)
-        starts = list(offsets.iloc[1:])
-    figure = Figure(figsize=(4 * len(losses), 3), layout="constrained")
-    for axes, loss in zip(figure.subplots(1, len(losses), squeeze=False, sharex=True)[0], losses):
-        axes.plot(steps, history[loss], marker=".")
-        for start in starts:
-            axes.axvline(start, color="grey", linestyle="--", linewidth=0.8)
-        axes.set(title=loss, xlabel="step (all phases)")
-    figure.savefig(path, dpi=80)
 
 
 def _direction(metric: str) -> str:
@@ -166,7 +149,8 @@ def write_report(run, chain: list, out: str) -> str:
         body.append(_section("Evaluation grids and images", figures))
     history = training_history(chain)
     if losses := loss_columns(history):
-        plot_losses(history, losses, os.path.join(out, IMAGES, "loss_curves.png"))
+        with open(os.path.join(out, IMAGES, "loss_curves.png"), "wb") as file:
+            file.write(loss_curves_png(history, losses))
         body.append(_section("Loss curves", _figure("training losses", f"{IMAGES}/loss_curves.png")))
     body.append(_section("Parameters", _key_value_table(run.parameters)))
     if config := (run.manifest or {}).get("config"):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import storage
+from pipeline.artifacts import storage
 from pipeline.cli import main
 from pipeline.infill import poisson_blend
 from tests.conftest import REPO_ROOT, subprocess_env
@@ -166,12 +166,14 @@ def test_poisson_blending_fits_a_wrong_fill_to_its_surroundings():
 
 def write_dcgan_run(root: str) -> str:
     """A DCGAN run holding the state of one training step as model.pt, then its manifest."""
-    from ganmodels.dcgan import DCGANConfig
-    from ganmodels.dcgan_training import train_dcgan
+    from ganmodels.dcgan.config import DCGANConfig
+    from ganmodels.dcgan.training import train_dcgan
+    from ganmodels.feeding import ImageBank
+    from ganmodels.runtime import Runtime
 
-    config = DCGANConfig(image_size=32, steps=1, latent_size=8, width=4, batch_size=2, fixed_latent_count=2)
-    state = train_dcgan(config, lambda count, rng: torch.rand(count, 3, 32, 32, generator=rng) * 2 - 1, None, "cpu",
-                        on_checkpoint=lambda state: None, on_log=lambda row: None)
+    config = DCGANConfig(image_size=32, steps=1, latent_size=8, base_channels=4, batch_size=2, fixed_latent_count=2)
+    images = ImageBank([np.random.default_rng(0).integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)], "cpu")
+    state = train_dcgan(config, images, None, Runtime())
     name = "TrainDCGAN-00000000aa"
     with storage.open_write(storage.join(root, name, "model.pt")) as file:
         torch.save(state, file)
@@ -350,7 +352,7 @@ def test_importing_the_pipeline_leaves_the_slow_imports_to_the_code_that_needs_t
     # package; torchvision (which loads torch._dynamo) and torchmetrics (scipy.signal)
     # would add about 2.5 s to each start.
     # Nor do the studio's web framework and TensorBoard belong on the training path.
-    probe = ("import sys, pipeline, pipeline.trainers; print(' '.join(name for name in ('torchvision', 'torchmetrics', "
+    probe = ("import sys, pipeline, pipeline.training.loops; print(' '.join(name for name in ('torchvision', 'torchmetrics', "
              "'torch._dynamo', 'scipy.signal', 'fastapi', 'uvicorn', 'tensorboard') if name in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, PYTHONPATH=REPO_ROOT),
                             capture_output=True, text=True, check=True)

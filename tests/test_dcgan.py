@@ -3,34 +3,51 @@ import io
 import logging
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn.functional import l1_loss
 
-from ganmodels import dcgan_training
-from ganmodels.dcgan import (SUPPORTED_IMAGE_SIZES, DCGANConfig, Discriminator, Generator,
-                             init_dcgan_weights)
-from ganmodels.dcgan_training import generator_from_state, match_latents, train_dcgan
+from ganmodels.collapse import TrainingCollapsed
+from ganmodels.dcgan import training as dcgan_training
+from ganmodels.dcgan.config import SUPPORTED_IMAGE_SIZES, DCGANConfig
+from ganmodels.dcgan.networks import Discriminator, Generator, init_dcgan_weights
+from ganmodels.dcgan.sampling import generate, generator_from_state
+from ganmodels.dcgan.training import match_latents, train_dcgan
+from ganmodels.feeding import ImageBank, StreamedImages
+from ganmodels.runtime import Runtime
 
-TINY = dict(image_size=32, width=8, latent_size=16, batch_size=8, fixed_latent_count=4)
+TINY = dict(image_size=32, base_channels=8, latent_size=16, batch_size=8, fixed_latent_count=4)
 
 
-def coloured_squares(batch_size: int, rng: torch.Generator, image_size: int = 32) -> torch.Tensor:
-    """One square of random colour at a random place on a random background, in [-1, 1]."""
-    background = torch.rand(batch_size, 3, 1, 1, generator=rng) * 2 - 1
-    square = torch.rand(batch_size, 3, 1, 1, generator=rng) * 2 - 1
+def coloured_squares(count: int, seed: int = 0, image_size: int = 32) -> np.ndarray:
+    """uint8 images of one square of random colour at a random place on a random background."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((count, 3, image_size, image_size), dtype=np.uint8)
     side = image_size // 2
-    top, left = torch.randint(0, image_size - side + 1, (2, batch_size, 1, 1, 1), generator=rng)
-    rows = torch.arange(image_size).view(1, 1, -1, 1)
-    cols = torch.arange(image_size).view(1, 1, 1, -1)
-    inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
-    return torch.where(inside, square, background)
+    for image in images:
+        image[:] = rng.integers(0, 256, (3, 1, 1))
+        top, left = rng.integers(0, image_size - side + 1, 2)
+        image[:, top:top + side, left:left + side] = rng.integers(0, 256, (3, 1, 1))
+    return images
 
 
-def run(config, state=None, sample_real=coloured_squares):
+SQUARES = ImageBank([coloured_squares(64)], "cpu")
+
+
+def roundtrip(state):
+    """A state as a checkpoint file gives it back: a copy, loaded with weights_only."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def run(config, state=None, images=SQUARES, runtime=Runtime()):
     logs, checkpoints = [], []
-    final = train_dcgan(config, sample_real, state, "cpu", checkpoints.append, logs.append)
+    final = train_dcgan(config, images, state, runtime, on_checkpoint=lambda s: checkpoints.append(roundtrip(s)),
+                        on_log=logs.append)
     return final, logs, checkpoints
 
 
@@ -55,8 +72,8 @@ def assert_same(expected, actual, path="state"):
 @pytest.mark.parametrize("projection", ["linear", "conv"])
 @pytest.mark.parametrize("image_size", SUPPORTED_IMAGE_SIZES)
 def test_networks_map_latents_to_images_to_logits(image_size, projection):
-    generator = Generator(image_size, latent_size=16, width=4, projection=projection)
-    discriminator = Discriminator(image_size, width=4)
+    generator = Generator(image_size, latent_size=16, base_channels=4, projection=projection)
+    discriminator = Discriminator(image_size, base_channels=4)
     images = generator(torch.randn(3, 16))
     assert images.shape == (3, 3, image_size, image_size)
     assert images.min() >= -1 and images.max() <= 1
@@ -69,7 +86,7 @@ def test_networks_map_latents_to_images_to_logits(image_size, projection):
 
 
 def test_discriminator_has_no_batchnorm_after_first_conv_and_no_sigmoid():
-    layers = list(Discriminator(64, width=4).net)
+    layers = list(Discriminator(64, base_channels=4).net)
     assert isinstance(layers[0], nn.Conv2d) and isinstance(layers[1], nn.LeakyReLU)
     assert layers[1].negative_slope == 0.2
     assert sum(isinstance(m, nn.BatchNorm2d) for m in layers) == 3  # one per later strided conv
@@ -77,13 +94,13 @@ def test_discriminator_has_no_batchnorm_after_first_conv_and_no_sigmoid():
 
 
 def test_conv_projection_starts_with_a_4x4_transposed_conv_from_1x1():
-    first = next(m for m in Generator(32, latent_size=16, width=4, projection="conv").modules()
+    first = next(m for m in Generator(32, latent_size=16, base_channels=4, projection="conv").modules()
                  if isinstance(m, (nn.ConvTranspose2d, nn.Linear)))
     assert isinstance(first, nn.ConvTranspose2d)
     assert (first.in_channels, first.kernel_size, first.stride) == (16, (4, 4), (1, 1))
 
 
-@pytest.mark.parametrize("build", [lambda: Generator(48), lambda: Discriminator(100),
+@pytest.mark.parametrize("build", [lambda: Generator(48, 16, 4), lambda: Discriminator(100, 4),
                                    lambda: DCGANConfig(image_size=512, steps=1)])
 def test_unsupported_image_size_is_refused(build):
     with pytest.raises(ValueError, match=r"image_size must be one of \(32, 64, 128, 256\)"):
@@ -91,7 +108,7 @@ def test_unsupported_image_size_is_refused(build):
 
 
 def test_init_follows_the_dcgan_paper():
-    network = nn.Sequential(Generator(64, width=32), Discriminator(64, width=32))
+    network = nn.Sequential(Generator(64, 100, 32), Discriminator(64, 32))
     layers = list(network.modules())
     weights = torch.cat([m.weight.flatten() for m in layers
                          if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))])
@@ -115,8 +132,8 @@ def test_init_dcgan_weights_reaches_nested_layers():
     ("steps", 0, "steps"),
     ("projection", "dense", "projection"),
     ("batch_size", 1, "batch_size"),
-    ("real_label_high", 1.1, "real label range"),
-    ("fake_label_low", 0.5, "fake label range"),
+    ("real_label_high", 1.1, "real_label_low and real_label_high"),
+    ("fake_label_low", 0.5, "fake_label_low and fake_label_high"),
     ("label_flip_prob", 0.5, "label_flip_prob"),
     ("ema_decay", 1.0, "ema_decay"),
     ("latent_match_steps", -1, "latent_match_steps"),
@@ -131,59 +148,63 @@ def test_config_refuses_invalid_values(field, value, message):
 # Training
 
 VARIANTS = {
-    "defaults": {},
-    "every_option": dict(projection="conv", separate_batches=False, latent_match_steps=2,
-                         ema_decay=0.9, channels_last=True, mixed_precision=True),
+    "defaults": ({}, Runtime()),
+    "every_option": (dict(projection="conv", separate_batches=False, latent_match_steps=2, ema_decay=0.9,
+                          random_flip=False), Runtime(channels_last=False, precision="bf16", fused_optimizer=False)),
 }
 
 
-@pytest.mark.parametrize("options", VARIANTS.values(), ids=VARIANTS.keys())
-def test_training_logs_finite_metrics_and_checkpoints(options):
-    config = DCGANConfig(**TINY, steps=6, log_every=2, checkpoint_every=4, **options)
-    final, logs, checkpoints = run(config)
+@pytest.mark.parametrize("options, runtime", VARIANTS.values(), ids=VARIANTS.keys())
+def test_training_logs_finite_metrics_and_checkpoints(options, runtime):
+    config = DCGANConfig(**TINY, steps=6, log_every=2, checkpoint_every=2, **options)
+    final, logs, checkpoints = run(config, runtime=runtime)
 
     assert [record["step"] for record in logs] == [2, 4, 6]
     for record in logs:
         assert set(record) == {"step", "loss_d", "loss_g", "d_real", "d_fake", "grad_norm_g",
-                               "grad_norm_d", "diversity", "images_per_s"}
+                               "grad_norm_d", "diversity", "images_per_s", "data_wait"}
         assert all(math.isfinite(value) for value in record.values())
         assert 0 < record["d_real"] < 1 and 0 < record["d_fake"] < 1
         assert record["grad_norm_g"] > 0 and record["grad_norm_d"] > 0
-    assert [state["step"] for state in checkpoints] == [4, 6]
-    assert final["step"] == 6 and final["stopped_reason"] is None
-    assert (final["ema_generator"] is not None) == ("ema_decay" in options)
+    assert [state["step"] for state in checkpoints] == [2, 4]  # the final state is the caller's to save
+    assert final["step"] == 6 and final["history"] == logs
+    assert ("ema_generator" in final["networks"]) == ("ema_decay" in options)
 
 
-def test_state_survives_torch_save_and_weights_only_load():
+def test_state_has_the_shared_layout_and_survives_a_weights_only_load():
     config = DCGANConfig(**TINY, steps=2, ema_decay=0.5)
     final, _, _ = run(config)
-    buffer = io.BytesIO()
-    torch.save(final, buffer)
-    buffer.seek(0)
-    loaded = torch.load(buffer, weights_only=True)
+    loaded = roundtrip(final)
     assert_same(final, loaded)
-    assert DCGANConfig(**loaded["config"]) == config
+    assert {"config", "step", "networks", "optimizers", "rng", "history", "collapse_watch"} <= set(loaded)
+    assert DCGANConfig.from_dict(loaded["config"]) == config
     assert loaded["fixed_latents"].shape == (4, 16)
 
 
-def test_resumed_run_matches_uninterrupted_run():
-    config = DCGANConfig(**TINY, steps=8, log_every=2, checkpoint_every=4, ema_decay=0.9,
-                         latent_match_steps=1)
-    uninterrupted, full_logs, checkpoints = run(config)
+@pytest.mark.parametrize("streamed", [False, True], ids=["on the device", "streamed"])
+def test_resumed_run_matches_uninterrupted_run(streamed):
+    images = StreamedImages([coloured_squares(64)], "cpu", workers=1) if streamed else SQUARES
+    config = DCGANConfig(**TINY, steps=8, log_every=2, checkpoint_every=4, ema_decay=0.9, latent_match_steps=1)
+    uninterrupted, full_logs, checkpoints = run(config, images=images)
 
     halfway = checkpoints[0]
     assert halfway["step"] == 4
-    buffer = io.BytesIO()
-    torch.save(halfway, buffer)
-    buffer.seek(0)
     torch.manual_seed(12345)  # whatever ran in between must not matter
-    resumed, resumed_logs, _ = run(config, state=torch.load(buffer, weights_only=True))
+    resumed, resumed_logs, _ = run(config, state=halfway, images=images)
 
     assert resumed["step"] == 8
-    assert_same(uninterrupted, resumed)
+    # A DataLoader draws its workers' seed from the global stream, which training uses for nothing else.
+    comparable = lambda state: {**state, "rng": {**state["rng"], "torch": None if streamed else state["rng"]["torch"]},
+                                "history": [{**row, "images_per_s": None, "data_wait": None} for row in state["history"]]}
+    assert_same(comparable(roundtrip(uninterrupted)), comparable(roundtrip(resumed)))
     assert [record["step"] for record in resumed_logs] == [6, 8]
-    for expected, actual in zip(full_logs[2:], resumed_logs):
-        assert {**expected, "images_per_s": None} == {**actual, "images_per_s": None}
+
+
+def test_images_held_on_the_device_and_streamed_train_the_same_model():
+    config = DCGANConfig(**TINY, steps=4, log_every=2)
+    on_device, _, _ = run(config)
+    streamed, _, _ = run(config, images=StreamedImages([coloured_squares(64)], "cpu", workers=1))
+    assert_same(roundtrip(on_device)["networks"], roundtrip(streamed)["networks"])
 
 
 def counting_gradient_accumulations(network_class, instances):
@@ -214,7 +235,7 @@ def test_each_network_gets_exactly_one_gradient_per_step(monkeypatch):
 
 def test_match_latents_moves_fakes_towards_targets_with_generator_frozen():
     torch.manual_seed(0)
-    generator = Generator(32, latent_size=16, width=8)
+    generator = Generator(32, latent_size=16, base_channels=8)
     with torch.no_grad():
         targets = generator(torch.randn(8, 16))
     before = {name: tensor.clone() for name, tensor in generator.state_dict().items()}
@@ -232,7 +253,7 @@ def test_match_latents_moves_fakes_towards_targets_with_generator_frozen():
 class ConstantGenerator(nn.Module):
     """Always the same grey image: a generator the discriminator beats at once."""
 
-    def __init__(self, image_size, latent_size, width, projection):
+    def __init__(self, image_size, latent_size, base_channels, projection):
         super().__init__()
         self.image_size = image_size
         self.unused = nn.Parameter(torch.zeros(()))  # Adam needs something to optimise
@@ -241,82 +262,74 @@ class ConstantGenerator(nn.Module):
         return torch.zeros(len(latents), 3, self.image_size, self.image_size) + 0 * self.unused
 
 
-def test_collapse_stop_returns_the_last_good_checkpoint(monkeypatch, caplog):
+def test_collapse_stop_raises_after_the_last_good_checkpoint(monkeypatch, caplog):
     monkeypatch.setattr(dcgan_training, "Generator", ConstantGenerator)
     config = DCGANConfig(**{**TINY, "batch_size": 16}, steps=1000, log_every=10, checkpoint_every=20,
                          collapse_window=3, collapse_diversity_floor=0, on_collapse="stop")
-    with caplog.at_level(logging.WARNING, logger="ganmodels.dcgan_training"):
-        final, logs, checkpoints = run(config)
+    logs, checkpoints = [], []
+    with caplog.at_level(logging.WARNING, logger="ganmodels.dcgan.training"):
+        with pytest.raises(TrainingCollapsed) as stop:
+            train_dcgan(config, SQUARES, None, Runtime(), on_checkpoint=lambda s: checkpoints.append(s["step"]),
+                        on_log=logs.append)
 
     stop_step = logs[-1]["step"]
-    assert stop_step < config.steps
+    assert stop.value.step == stop_step < config.steps and stop.value.history == logs
     assert [record["loss_d"] < config.collapse_d_loss_floor for record in logs[-3:]] == [True] * 3
-    assert "discriminator loss below" in final["stopped_reason"]
-    assert f"step {stop_step}" in final["stopped_reason"]
+    assert str(stop.value).startswith(f"collapse at step {stop_step}: discriminator loss below")
     assert "discriminator loss below" in caplog.text
-    assert checkpoints and checkpoints[-1]["step"] < stop_step
-    assert_same(checkpoints[-1], {**final, "stopped_reason": None})
+    assert checkpoints and checkpoints[-1] < stop_step
 
 
 def test_collapse_warn_flags_lost_diversity_and_keeps_training(monkeypatch, caplog):
     monkeypatch.setattr(dcgan_training, "Generator", ConstantGenerator)
     config = DCGANConfig(**TINY, steps=6, log_every=2, collapse_window=2, collapse_d_loss_floor=0)
-    with caplog.at_level(logging.WARNING, logger="ganmodels.dcgan_training"):
+    with caplog.at_level(logging.WARNING, logger="ganmodels.dcgan.training"):
         final, logs, checkpoints = run(config)
 
-    assert final["step"] == 6 and final["stopped_reason"] is None
-    assert [state["step"] for state in checkpoints] == [6]
-    warnings = [r.getMessage() for r in caplog.records if r.name == "ganmodels.dcgan_training"]
+    assert final["step"] == 6
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ganmodels.dcgan.training"]
     assert len(warnings) == 2 and all("sample diversity below 0.05" in w for w in warnings)
     assert warnings[0].startswith("step 4:")
 
 
 def test_generator_from_state_prefers_ema_weights():
     config = DCGANConfig(**TINY, steps=2, ema_decay=0.5)
-    final, _, _ = run(config)
+    final = roundtrip(run(config)[0])
     ema = generator_from_state(final)
     raw = generator_from_state(final, use_ema=False)
     assert not ema.training
-    assert_same({name: final["ema_generator"][name] for name, _ in ema.named_parameters()},
+    assert_same({name: final["networks"]["ema_generator"][name] for name, _ in ema.named_parameters()},
                 dict(ema.named_parameters()))  # the buffers are its standing statistics
-    assert_same(final["generator"], raw.state_dict())
+    assert_same(final["networks"]["generator"], raw.state_dict())
     assert ema(final["fixed_latents"]).shape == (4, 3, 32, 32)
 
 
 def test_snapshots_show_the_fixed_latents_and_change_nothing():
     config = DCGANConfig(**TINY, steps=5, snapshot_every=2, ema_decay=0.9)
-    without_snapshots, _, _ = run(config)
+    without_snapshots = roundtrip(run(config)[0])
     snapshots = []
-    final = train_dcgan(config, coloured_squares, None, "cpu", lambda state: None, lambda record: None,
-                        on_snapshot=lambda step, images: snapshots.append((step, images)))
+    final = roundtrip(train_dcgan(config, SQUARES, None, Runtime(),
+                                  on_snapshot=lambda step, images: snapshots.append((step, images))))
 
-    assert_same(without_snapshots, final)
+    timeless = lambda state: [{**row, "images_per_s": None, "data_wait": None} for row in state["history"]]
+    assert_same({**without_snapshots, "history": timeless(without_snapshots)}, {**final, "history": timeless(final)})
     assert [step for step, _ in snapshots] == [2, 4, 5]  # every snapshot_every steps and the last
-    with torch.no_grad():
-        expected = generator_from_state(final)(final["fixed_latents"])  # EMA weights, eval mode
-    assert torch.equal(snapshots[-1][1], expected)
-
-
-def test_real_batches_in_any_memory_layout_are_accepted():
-    def channels_last_squares(batch_size, rng):  # strided like an (N, H, W, C) array seen as (N, C, H, W)
-        return coloured_squares(batch_size, rng).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
-
-    final, _, _ = run(DCGANConfig(**TINY, steps=1), sample_real=channels_last_squares)
-    assert final["step"] == 1
+    expected = generate(generator_from_state(final), final["fixed_latents"])  # EMA weights, eval mode, in [0, 1]
+    torch.testing.assert_close(snapshots[-1][1], expected, rtol=0, atol=1e-5)  # training ran channels-last
 
 
 def test_ema_generator_samples_with_batchnorm_statistics_of_its_own_weights():
-    final, _, _ = run(DCGANConfig(**TINY, steps=2, ema_decay=0.5))
+    final = roundtrip(run(DCGANConfig(**TINY, steps=2, ema_decay=0.5))[0])
     # EMA weights far from the training weights, whose running statistics the state carries.
     ema_weights = {name: value * 3 if name == "net.0.weight" else value
-                   for name, value in final["ema_generator"].items()}
-    state = {**final, "ema_generator": ema_weights}
+                   for name, value in final["networks"]["ema_generator"].items()}
+    state = {**final, "networks": {**final["networks"], "ema_generator": ema_weights}}
     latents = torch.randn(512, 16, generator=torch.Generator().manual_seed(1))
 
     def eval_vs_batch_statistics(generator):
         with torch.no_grad():
             return (generator.eval()(latents) - generator.train()(latents)).abs().mean().item()
 
-    carried = Generator(32, latent_size=16, width=8)
+    carried = Generator(32, latent_size=16, base_channels=8)
     carried.load_state_dict(ema_weights)
     assert eval_vs_batch_statistics(generator_from_state(state)) < 0.2 * eval_vs_batch_statistics(carried)

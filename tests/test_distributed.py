@@ -10,16 +10,18 @@ import torch
 import torch.multiprocessing
 
 import pipeline
-from ganmodels.data import to_float
-from ganmodels.dcgan_training import generator_from_state
-from ganmodels.distributed import World, join_world
+from ganmodels.dcgan.sampling import generator_from_state
+from ganmodels.feeding import to_float
+from ganmodels.glcic.config import PhaseOptions
+from ganmodels.glcic.inference import load_completion
+from ganmodels.glcic.networks import complete
 from ganmodels.masks import holes_to_mask, sample_holes
 from ganmodels.metrics import inpainting_metrics
-from ganmodels.networks import complete
-from ganmodels.training import load_completion
-from pipeline import storage
-from pipeline.checkpoints import load_state
-from pipeline.distributed import ENTRY, TrainingFailed, TrainingJob
+from ganmodels.world import World, join_world
+from pipeline.artifacts import storage
+from pipeline.artifacts.checkpoints import load_state
+from pipeline.training.job import TrainingJob
+from pipeline.training.launch import TrainingFailed, worker_command
 from tests.conftest import REPO_ROOT
 from tests.ddp_ranks import train_dcgan_two_ranks, train_two_ranks
 from tests.services import config_values, free_port
@@ -68,9 +70,10 @@ def test_dcgan_ranks_draw_their_own_batches_and_stay_identical():
     for network in ("generator", "discriminator", "ema_generator"):
         for name, value in first[network].items():
             assert torch.equal(value, second[network][name]) or "running" in name or "num_batches" in name, name
-    without_timings = lambda logs: [{k: v for k, v in row.items() if k != "images_per_s"} for row in logs]
+    without_timings = lambda logs: [{k: v for k, v in row.items() if k not in ("images_per_s", "data_wait")}
+                                    for row in logs]
     assert without_timings(first["logs"]) == without_timings(second["logs"]) and len(first["logs"]) == 2
-    assert len(first["rng_ranks"]) == 2 and not torch.equal(first["rng_ranks"][0]["data"], first["rng_ranks"][1]["data"])
+    assert len(first["samplers"]) == 2 and not torch.equal(*first["samplers"])
 
 
 @pytest.fixture
@@ -103,15 +106,16 @@ def test_two_processes_train_through_torchrun_and_the_checkpoint_evaluates(two_g
     assert manifest["summary"]["world_size"] == 2 and manifest["summary"]["steps"] == 4
     files = sorted(name for name in manifest["files"] if not name.startswith("tensorboard/"))
     assert files == [".task.json", "checkpoints/step-0000002.pt", "checkpoints/step-0000002.pt.sha256",
-                     "history.csv", "model.pt"]
+                     "history.csv", "model.pt", "training_options.json"]
     assert len(manifest["files"]) == len(files) + 1  # rank 0's event file only
     checkpoint = load_state(task.path("checkpoints/step-0000002.pt"))
-    assert checkpoint["step"] == 2 and len(checkpoint["rng"]["rank_samplers"]) == 2
+    assert checkpoint["step"] == 2 and len(checkpoint["rng"]["samplers"]) == 2
 
-    completion = load_completion(load_state(task.path("model.pt")))
+    state = load_state(task.path("model.pt"))
+    completion, masks = load_completion(state), PhaseOptions.from_dict(state["config"]).masks
     shards = task.requires()["shards"]
     images = to_float(np.concatenate(shards.split_arrays("val")), "cpu")
-    mask = holes_to_mask(sample_holes(len(images), task.mask_config, torch.Generator().manual_seed(0)), 32)
+    mask = holes_to_mask(sample_holes(len(images), masks, torch.Generator().manual_seed(0)), 32)
     with torch.no_grad():
         completed = complete(completion, images, mask, torch.tensor(shards.mean_pixel()))
     metrics = inpainting_metrics(completed, images, mask)
@@ -119,7 +123,7 @@ def test_two_processes_train_through_torchrun_and_the_checkpoint_evaluates(two_g
 
 
 def test_dcgan_trains_in_two_processes_through_torchrun(two_gpus_of_resources, image_folder, no_cuda_here):
-    params = dict(source=image_folder, dataset="folder", image_size=32, shard_size=16, decode_workers=1, width=4,
+    params = dict(source=image_folder, dataset="folder", image_size=32, shard_size=16, decode_workers=1, base_channels=4,
                   latent_size=8, batch_size=4, steps=4, fixed_latent_count=4, sample_count=4, walk_keyframes=2,
                   walk_frames_between=2, snapshot_every=2, log_every=2, checkpoint_every=2)
     task = pipeline.TrainDCGAN(processes=2, **params)
@@ -128,16 +132,16 @@ def test_dcgan_trains_in_two_processes_through_torchrun(two_gpus_of_resources, i
 
     manifest = storage.read_json(task.path("manifest.json"))
     assert manifest["summary"]["world_size"] == 2 and manifest["summary"]["steps"] == 4
-    assert {"model.pt", "snapshots/step-0000002.png", "snapshots/step-0000004.png", "samples.png",
-            "checkpoints/step-0000004.pt"} <= set(manifest["files"])
-    assert len(load_state(task.path("checkpoints/step-0000004.pt"))["rng"]["ranks"]) == 2
+    assert {"model.pt", "training_options.json", "snapshots/step-0000002.png", "snapshots/step-0000004.png",
+            "samples.png", "checkpoints/step-0000002.pt"} <= set(manifest["files"])
+    assert len(load_state(task.path("checkpoints/step-0000002.pt"))["rng"]["samplers"]) == 2
     samples = generator_from_state(load_state(task.path("model.pt")))(torch.randn(3, 8))
     assert samples.shape == (3, 3, 32, 32) and torch.isfinite(samples).all()
 
 
 def test_a_second_machine_joins_the_training_job(artifact_root, image_folder, no_cuda_here):
     port = free_port()
-    joiner = subprocess.Popen([*ENTRY, "join", "--once", "--nnodes=2", "--node-rank=1", "--master-addr=127.0.0.1",
+    joiner = subprocess.Popen([*worker_command("join"), "--once", "--nnodes=2", "--node-rank=1", "--master-addr=127.0.0.1",
                                f"--master-port={port}", "--device=cpu"],
                               cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS="1"))
     try:
@@ -163,12 +167,12 @@ def test_a_failed_training_names_the_task_and_the_cause(artifact_root, image_fol
 
 def test_the_training_entry_point_refuses_to_outlive_its_parent():
     # A child whose recorded parent is not its parent exits at once, without training.
-    result = subprocess.run([*ENTRY, "train"], cwd=REPO_ROOT, capture_output=True, text=True,
+    result = subprocess.run(worker_command("train"), cwd=REPO_ROOT, capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=REPO_ROOT, PIPELINE_TRAINING_PARENT_PID="1"))
     assert result.returncode == 1 and "the process that started this one has exited" in result.stderr
 
 
 def test_a_training_job_names_its_loop():
-    with pytest.raises(ValueError, match=r"unknown training kind 'gan'; one of \['dcgan', 'inpainting'\]"):
-        TrainingJob(task="t", directory="d", kind="gan", config={}, train_shards=[], start=None, keep_checkpoints=2,
-                    final_state="model.pt")
+    with pytest.raises(ValueError, match=r"unknown training kind 'gan'; one of \('inpainting', 'dcgan'\)"):
+        TrainingJob(task="t", directory="d", kind="gan", options={}, train_shards=[], start=None, keep_checkpoints=2,
+                    final_state="model.pt", cache_dir="cache")

@@ -6,8 +6,7 @@ import pytest
 import torch
 from luigi.task_register import Register
 
-from ganmodels.config import MaskConfig
-from ganmodels.masks import bounding_boxes
+from ganmodels.masks import MaskConfig, bounding_boxes
 from pipeline import evaluation
 from pipeline.evaluation import area_bucket, evaluate_fills, evaluation_masks, summarise, weighted_measures
 

@@ -9,12 +9,12 @@ import torch
 from scipy.stats import chi2_contingency
 
 from bench.plain import PLAIN_RUNTIME_SETTINGS, reference_holes, reference_mask
-from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig
-from ganmodels.data import ImageBank, ShardRows, StreamedImages, augment, random_zoom, training_images
-from ganmodels.masks import holes_to_mask, patch_origins, sample_holes
-from ganmodels.networks import build_networks, fill_holes
-from ganmodels.runtime import Runtime
-from ganmodels.training import train_phase, train_step
+from ganmodels.feeding import ImageBank, ShardRows, StreamedImages, augment, random_zoom, training_images
+from ganmodels.glcic.config import ModelConfig, PhaseOptions
+from ganmodels.glcic.networks import build_networks, fill_holes
+from ganmodels.glcic.training import train_phase, train_step
+from ganmodels.masks import MaskConfig, holes_to_mask, patch_origins, sample_holes
+from ganmodels.runtime import Runtime, RuntimeOptions
 
 SIZE, BATCH = 32, 4
 MEAN = torch.tensor([0.5, 0.4, 0.3])
@@ -41,9 +41,9 @@ def _train_steps(runtime: Runtime, phase: int, real, mask, origins, steps=2) -> 
     if phase == 2:
         completion.eval()
     real, mask = (t.contiguous(memory_format=runtime.memory_format) for t in (real, mask))
-    config = PhaseConfig(phase=phase, steps=steps, alpha=0.5)
+    options = PhaseOptions.from_settings(phase, image_size=SIZE, width=0.125, **({"alpha": 0.5} if phase == 3 else {}))
     filled = fill_holes(real, mask, MEAN)
-    return [train_step(config, completion, discriminator, optimizers, real, mask, origins, filled, runtime)
+    return [train_step(options, completion, discriminator, optimizers, real, mask, origins, filled, runtime)
             for _ in range(steps)]
 
 
@@ -71,7 +71,7 @@ def _same_distribution(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def test_on_device_holes_match_the_reference_generator_in_size_and_position():
-    config = MaskConfig(image_size=48, hole_min=0.2, hole_max=0.45, margin=0.1)
+    config = MaskConfig(image_size=48, hole_min=0.2, hole_max=0.45, hole_margin=0.1)
     count = 20000
     fast = sample_holes(count, config, torch.Generator().manual_seed(0)).numpy()
     reference = np.array(reference_holes(count, config, random.Random(0)))
@@ -106,26 +106,26 @@ def test_shard_rows_travel_to_workers_as_memory_maps_not_copies(shards):
 
 
 def test_training_streamed_gives_the_same_model_as_training_on_the_device(shards):
-    config = PhaseConfig(phase=1, steps=3, batch_size=BATCH, log_every=3, checkpoint_every=10)
-    model, masks = ModelConfig(arch="infill", image_size=SIZE, width=0.125), MaskConfig(image_size=SIZE)
-    states = [train_phase(config, model, masks, images, MEAN, None, Runtime())
+    options = PhaseOptions.from_settings(1, arch="infill", image_size=SIZE, width=0.125, phase1_steps=3,
+                                         batch_size=BATCH, log_every=3, checkpoint_every=10)
+    states = [train_phase(options, images, MEAN, None, Runtime())
               for images in (ImageBank(shards, "cpu"), StreamedImages(shards, "cpu", workers=1))]
-    for name, value in states[0]["completion"].items():
-        assert torch.equal(value, states[1]["completion"][name]), name
+    for name, value in states[0]["networks"]["completion"].items():
+        assert torch.equal(value, states[1]["networks"]["completion"][name]), name
     row = states[1]["history"][-1]
     assert 0 <= row["data_wait"] <= 1 and row["images_per_s"] > 0
 
 
 def test_optimizer_moments_follow_the_parameter_layout_when_resuming_across_layouts(shards):
     """A phase saved in NCHW continues in channels_last (fused Adam on CUDA refuses mixed layouts)."""
-    model, masks = ModelConfig(image_size=SIZE, width=0.125), MaskConfig(image_size=SIZE)
     state = None
     for phase, runtime in ((1, Runtime(channels_last=False)), (2, Runtime(channels_last=False)), (3, Runtime())):
-        state = train_phase(PhaseConfig(phase=phase, steps=1, batch_size=BATCH), model, masks,
-                            ImageBank(shards, "cpu"), MEAN, state, runtime)
-    _, discriminator = build_networks(model)
+        steps = {f"phase{earlier}_steps": 1 for earlier in range(1, phase + 1)}
+        options = PhaseOptions.from_settings(phase, image_size=SIZE, width=0.125, batch_size=BATCH, **steps)
+        state = train_phase(options, ImageBank(shards, "cpu"), MEAN, state, runtime)
+    _, discriminator = build_networks(ModelConfig(image_size=SIZE, width=0.125))
     parameters = [Runtime().place(discriminator).get_parameter(name) for name, _ in discriminator.named_parameters()]
-    moments = state["opt_discriminator"]["state"]
+    moments = state["optimizers"]["discriminator"]["state"]
     convolutions = [i for i, p in enumerate(parameters) if p.dim() == 4]
     assert convolutions and all(moments[i]["exp_avg"].stride() == parameters[i].stride() for i in convolutions)
 
@@ -192,12 +192,18 @@ def test_bad_runtime_settings_raise_clear_errors(settings):
         Runtime(**settings)
 
 
+@pytest.mark.parametrize("settings", [dict(precision="fp16"), dict(compile="maybe"), dict(data_workers=-1)])
+def test_bad_runtime_options_name_the_option(settings):
+    with pytest.raises(ValueError, match=f"{next(iter(settings))} must be"):
+        RuntimeOptions(**settings)
+
+
 def test_speed_parameters_reach_the_runtime_without_changing_the_task_hash(artifact_root, image_folder):
-    from pipeline.inpainting import PretrainCompletion
+    from pipeline.tasks.inpainting import PretrainCompletion
 
     fast = PretrainCompletion(dataset="folder", source=image_folder, device="cpu", precision="fp32", compile="yes",
                               data_on_device="no", data_workers=1)
-    requested = fast.resolved_config()["runtime"]
-    assert Runtime.resolve(**requested) == Runtime(device="cpu", precision="fp32", compile=True, data_on_device="no",
+    requested = RuntimeOptions(**fast.resolved_config()["runtime"])
+    assert Runtime.resolve("cpu", requested) == Runtime(device="cpu", precision="fp32", compile=True, data_on_device="no",
                                                    data_workers=1)
     assert fast.artifact_hash() == PretrainCompletion(dataset="folder", source=image_folder).artifact_hash()

@@ -11,21 +11,21 @@ import torch
 from PIL import Image
 
 import pipeline
-from ganmodels import dcgan_training
-from ganmodels.dcgan_training import generator_from_state
-from pipeline import storage
-from pipeline.checkpoints import list_checkpoints, load_state
-from pipeline.generation import CollapseStopped
-from pipeline.trainers import SAMPLES_TAG
+from ganmodels.dcgan import training as dcgan_training
+from ganmodels.dcgan.sampling import generator_from_state
+from pipeline.artifacts import storage
+from pipeline.artifacts.checkpoints import list_checkpoints, load_state
+from pipeline.tasks.training import TrainingStopped
+from pipeline.training.loops import SAMPLES_TAG
 from tests.conftest import (cli_args, kill_after_first_checkpoint, logged_steps, make_images, read_events,
                             resumed_steps, run_luigi, write_config)
 from tests.test_dcgan import ConstantGenerator
 
 DATA = dict(dataset="folder", image_size=32, shard_size=16, decode_workers=1)
-TINY = dict(**DATA, width=4, latent_size=8, batch_size=4, fixed_latent_count=4, sample_count=6,
+TINY = dict(**DATA, base_channels=4, latent_size=8, batch_size=4, fixed_latent_count=4, sample_count=6,
             walk_keyframes=2, walk_frames_between=3)
 METRIC_COLUMNS = ["step", "loss_d", "loss_g", "d_real", "d_fake", "grad_norm_g", "grad_norm_d", "diversity",
-                  "images_per_s"]
+                  "images_per_s", "data_wait"]
 
 
 def _build(task):
@@ -42,17 +42,18 @@ def test_training_writes_every_artifact(artifact_root, image_folder):
     assert _build(task) and task.complete()
 
     manifest = storage.read_json(task.path("manifest.json"))
-    assert manifest["config"]["dcgan"]["latent_size"] == 8 and manifest["summary"]["steps"] == 7
+    assert manifest["config"]["training"]["latent_size"] == 8 and manifest["summary"]["steps"] == 7
+    assert storage.read_json(task.path("training_options.json")) == manifest["config"]
     summary = manifest["summary"]  # samples against the held-out val and test images, next to the floor
     held_out = sum(manifest_counts for split, manifest_counts in _split_counts(task).items() if split != "train")
     assert summary["swd_images"] == held_out and summary["swd_samples"] > summary["swd_train_images"] > 0
     event_files = {name for name in manifest["files"] if name.startswith("tensorboard/")}
     assert len(event_files) == 1
     assert set(manifest["files"]) - event_files == {
-        "model.pt", "metrics.csv", "loss_curves.png", "progress.gif", "latent_walk.gif", "samples.png",
-        "snapshots/step-0000003.png", "snapshots/step-0000006.png", "snapshots/step-0000007.png",
-        "checkpoints/step-0000006.pt", "checkpoints/step-0000007.pt",  # keep_checkpoints=2
-        "checkpoints/step-0000006.pt.sha256", "checkpoints/step-0000007.pt.sha256", ".task.json"}
+        "model.pt", "training_options.json", "metrics.csv", "loss_curves.png", "progress.gif", "latent_walk.gif",
+        "samples.png", "snapshots/step-0000003.png", "snapshots/step-0000006.png", "snapshots/step-0000007.png",
+        "checkpoints/step-0000003.pt", "checkpoints/step-0000006.pt",  # keep_checkpoints=2
+        "checkpoints/step-0000003.pt.sha256", "checkpoints/step-0000006.pt.sha256", ".task.json"}
 
     metrics = pd.read_csv(task.path("metrics.csv"))
     assert list(metrics.columns) == METRIC_COLUMNS and list(metrics["step"]) == [2, 4, 6]
@@ -75,7 +76,7 @@ def test_training_writes_every_artifact(artifact_root, image_folder):
     assert Image.open(io.BytesIO(events.Images(SAMPLES_TAG)[-1].encoded_image_string)).size == (grid_side, grid_side)
 
     state = load_state(task.path("model.pt"))
-    assert state["step"] == 7 and state["ema_generator"] is not None
+    assert state["step"] == 7 and "ema_generator" in state["networks"]
     generator = generator_from_state(state)
     with torch.no_grad():
         last_grid = generator(state["fixed_latents"])
@@ -102,7 +103,7 @@ def test_collapse_stop_fails_with_a_clear_message_and_keeps_the_last_good_checkp
     with caplog.at_level(logging.ERROR, logger="luigi-interface"):
         assert not _build(task)
 
-    failures = [record for record in caplog.records if record.exc_info and record.exc_info[0] is CollapseStopped]
+    failures = [record for record in caplog.records if record.exc_info and record.exc_info[0] is TrainingStopped]
     assert len(failures) == 1, caplog.text[-3000:]
     message = str(failures[0].exc_info[1])
     metrics = pd.read_csv(task.path("metrics.csv"))

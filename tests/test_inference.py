@@ -1,12 +1,11 @@
 """Inference on new inputs: any image size, known pixels kept, classical baselines, latent walks."""
 import pytest
 import torch
-from torch import nn
 
-from ganmodels.config import ModelConfig
-from ganmodels.inference import generate, latent_walks, paste, predict, size_multiple
+from ganmodels.glcic.config import ModelConfig
+from ganmodels.glcic.inference import paste, predict, size_multiple
+from ganmodels.glcic.networks import CompletionNetwork, InfillGenerator, build_networks, complete, fill_holes
 from ganmodels.metrics import hole_l1
-from ganmodels.networks import CompletionNetwork, InfillGenerator, build_networks, complete, fill_holes
 from pipeline.evaluation import CLASSICAL_METHODS, classical_inpaint
 
 
@@ -68,23 +67,3 @@ def test_classical_baselines_follow_smooth_surroundings_and_keep_known_pixels(me
     assert torch.equal(filled[known], images[known])
     mean_fill = fill_holes(images, mask, images.mean(dim=(0, 2, 3)))
     assert (hole_l1(filled, images, mask) < hole_l1(mean_fill, images, mask) / 3).all()
-
-
-def test_latent_walks_give_rows_of_steps_and_need_two_steps():
-    walks = latent_walks(3, 5, 8, torch.Generator().manual_seed(0)).view(3, 5, 8)
-    ends = torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(walks[:, 0], ends[0])
-    torch.testing.assert_close(walks[:, -1], ends[1])
-    assert walks.isfinite().all()
-    with pytest.raises(ValueError, match="at least 2 steps"):
-        latent_walks(3, 1, 8, torch.Generator())
-
-
-def test_generate_maps_tanh_output_to_unit_range_batch_by_batch():
-    torch.manual_seed(0)
-    generator = nn.Sequential(nn.Linear(4, 3 * 2 * 2), nn.BatchNorm1d(12), nn.Unflatten(1, (3, 2, 2)), nn.Tanh())
-    latents = torch.randn(10, 4) * 5
-    images = generate(generator, latents, batch_size=3)
-    assert images.shape == (10, 3, 2, 2) and images.min() >= 0 and images.max() <= 1
-    assert not generator.training  # eval mode: batch statistics do not depend on the batch split
-    assert torch.allclose(images, generate(generator, latents, batch_size=10))

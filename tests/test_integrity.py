@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import pipeline
-from pipeline import storage
-from pipeline.checkpoints import FINAL_STATE, checksum_name, latest_checkpoint, list_checkpoints, load_state
-from pipeline.data import load_array
+from pipeline.artifacts import storage
+from pipeline.artifacts.checkpoints import FINAL_STATE, checksum_name, latest_checkpoint, list_checkpoints, load_state
+from pipeline.tasks.base import cache_dir
 from tests.test_s3 import WriteBlob, _blob, s3_root  # noqa: F401 (s3_root is a fixture)
 
 TRIALS = 16
@@ -89,7 +89,7 @@ def test_a_changed_byte_in_any_file_a_task_reads_is_refused_by_name(trained, mon
     shard = shards.split_paths("train")[0]
     checkpoints = [trained.path(name) for _, name in list_checkpoints(trained.directory)]
     reads = {  # path: what the task or its training process does with it
-        shard: lambda: np.array(load_array(shard)),
+        shard: lambda: np.array(storage.load_array(shard, cache_dir())),
         shards.path("images.csv"): lambda: shards.split_paths("train"),
         shards.path("mean_pixel.json"): shards.mean_pixel,
         trained.path(FINAL_STATE): lambda: load_state(trained.path(FINAL_STATE)),
@@ -111,7 +111,7 @@ def test_a_changed_byte_in_a_manifest_or_a_checksum_file_is_refused_or_harmless(
     def read_through_manifest():
         # What a downstream task does: check that its input is complete, then read a file it lists.
         complete = shards.complete()
-        return complete, storage.read_manifest(shards.directory), np.array(load_array(shard))
+        return complete, storage.read_manifest(shards.directory), np.array(storage.load_array(shard, cache_dir()))
 
     outcomes = inject(manifest, read_through_manifest, rng, monkeypatch)
     assert outcomes["refused"] >= TRIALS - 2, outcomes  # only a whitespace byte turned into another can pass
@@ -126,10 +126,10 @@ def test_a_changed_byte_in_a_cached_s3_object_is_downloaded_again(s3_root, monke
     rng = np.random.default_rng(18)
     task = WriteBlob(size=5000)
     assert luigi.build([task], local_scheduler=True, log_level="WARNING")
-    cached = storage.local_path(task.path("data/blob.bin"))
+    cached = storage.local_path(task.path("data/blob.bin"), cache_dir())
 
     def read():
-        with open(storage.local_path(task.path("data/blob.bin")), "rb") as file:
+        with open(storage.local_path(task.path("data/blob.bin"), cache_dir()), "rb") as file:
             return file.read()
 
     assert inject(cached, read, rng, monkeypatch) == {"refused": 0, "harmless": TRIALS}

@@ -1,14 +1,16 @@
 import pytest
 import torch
 
-from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig
-from ganmodels.masks import bounding_boxes, crop_patches, holes_to_mask, patch_origins, sample_holes, sample_masks
-from ganmodels.networks import CompletionNetwork, complete
+from ganmodels.glcic.config import CompletionTraining, ModelConfig, PhaseOptions
+from ganmodels.glcic.networks import CompletionNetwork, complete
+from ganmodels.masks import (MaskConfig, bounding_boxes, crop_patches, holes_to_mask, patch_origins, sample_holes,
+                             sample_masks)
 
 
-@pytest.mark.parametrize("size,hole_min,hole_max,margin", [(64, 0.25, 0.5, 0.0), (32, 0.1, 0.3, 0.2), (128, 0.375, 0.5, 0.1)])
-def test_holes_stay_inside_the_placement_area_with_sizes_in_range(size, hole_min, hole_max, margin):
-    config = MaskConfig(image_size=size, hole_min=hole_min, hole_max=hole_max, margin=margin)
+@pytest.mark.parametrize("size,hole_min,hole_max,hole_margin",
+                         [(64, 0.25, 0.5, 0.0), (32, 0.1, 0.3, 0.2), (128, 0.375, 0.5, 0.1)])
+def test_holes_stay_inside_the_placement_area_with_sizes_in_range(size, hole_min, hole_max, hole_margin):
+    config = MaskConfig(image_size=size, hole_min=hole_min, hole_max=hole_max, hole_margin=hole_margin)
     holes = sample_holes(4000, config, torch.Generator().manual_seed(1))
     top, left, height, width = holes.T
     assert height.min() == config.min_pixels and height.max() == config.max_pixels
@@ -56,20 +58,21 @@ def test_completion_keeps_known_pixels_exactly():
 @pytest.mark.parametrize("make", [
     lambda: MaskConfig(image_size=64, hole_min=0.3, hole_max=0.2),
     lambda: MaskConfig(image_size=64, hole_max=0.6),
-    lambda: MaskConfig(image_size=64, hole_max=0.5, margin=0.3),
+    lambda: MaskConfig(image_size=64, hole_max=0.5, hole_margin=0.3),
     lambda: ModelConfig(image_size=48),
     lambda: ModelConfig(arch="unet"),
-    lambda: PhaseConfig(phase=4, steps=10),
-    lambda: PhaseConfig(phase=1, steps=0),
-    lambda: MaskConfig(image_size=64, kind="circles"),
+    lambda: PhaseOptions.from_settings(4),
+    lambda: CompletionTraining(phase1_steps=0),
+    lambda: MaskConfig(image_size=64, mask_kind="circles"),
     lambda: MaskConfig(image_size=64, stroke_area_min=0.5, stroke_area_max=0.3),
     lambda: ModelConfig(upsample="bicubic"),
-    lambda: PhaseConfig(phase=1, steps=10, loss="huber"),
-    lambda: PhaseConfig(phase=1, steps=10, lr_final=2.0),
-    lambda: PhaseConfig(phase=1, steps=10, max_zoom=0.5),
+    lambda: CompletionTraining(loss="huber"),
+    lambda: CompletionTraining(lr_final=2.0),
+    lambda: CompletionTraining(max_zoom=0.5),
+    lambda: PhaseOptions.from_settings(1, alpha=0.1),
 ])
 def test_bad_values_raise_clear_errors(make):
-    with pytest.raises(ValueError, match="must|need|do not fit"):
+    with pytest.raises(ValueError, match="must|need|do not fit|has no options"):
         make()
 
 
@@ -79,7 +82,7 @@ def _coverage(mask):
 
 @pytest.mark.parametrize("size", [32, 64, 128])
 def test_strokes_cover_the_drawn_share_of_the_image(size):
-    config = MaskConfig(image_size=size, kind="strokes", stroke_area_min=0.1, stroke_area_max=0.4)
+    config = MaskConfig(image_size=size, mask_kind="strokes", stroke_area_min=0.1, stroke_area_max=0.4)
     mask = sample_masks(2000, config, torch.Generator().manual_seed(0))[0]
     coverage = _coverage(mask)
     assert set(mask.unique().tolist()) == {0.0, 1.0}
@@ -89,7 +92,7 @@ def test_strokes_cover_the_drawn_share_of_the_image(size):
 
 
 def test_masks_are_the_same_for_the_same_seed_and_differ_for_another():
-    config = MaskConfig(image_size=32, kind="mixed")
+    config = MaskConfig(image_size=32, mask_kind="mixed")
     first, boxes = sample_masks(64, config, torch.Generator().manual_seed(5))
     again, boxes_again = sample_masks(64, config, torch.Generator().manual_seed(5))
     assert torch.equal(first, again) and torch.equal(boxes, boxes_again)
@@ -97,7 +100,7 @@ def test_masks_are_the_same_for_the_same_seed_and_differ_for_another():
 
 
 def test_mixed_masks_are_boxes_or_strokes_with_even_odds():
-    mask, _ = sample_masks(1000, MaskConfig(image_size=32, kind="mixed"), torch.Generator().manual_seed(1))
+    mask, _ = sample_masks(1000, MaskConfig(image_size=32, mask_kind="mixed"), torch.Generator().manual_seed(1))
     boxes = bounding_boxes(mask)
     box_area = (boxes[:, 2] * boxes[:, 3]).float() / 32 ** 2
     is_rectangle = torch.isclose(_coverage(mask), box_area)  # a mask that fills its bounding box
@@ -105,7 +108,7 @@ def test_mixed_masks_are_boxes_or_strokes_with_even_odds():
 
 
 def test_bounding_boxes_are_tight_and_place_the_local_patch_on_the_strokes():
-    mask, boxes = sample_masks(200, MaskConfig(image_size=64, kind="strokes"), torch.Generator().manual_seed(2))
+    mask, boxes = sample_masks(200, MaskConfig(image_size=64, mask_kind="strokes"), torch.Generator().manual_seed(2))
     for one, (top, left, height, width) in zip(mask[:, 0], boxes.tolist()):
         rows, cols = one.nonzero(as_tuple=True)
         assert (top, left) == (rows.min(), cols.min())

@@ -57,10 +57,9 @@ def _blurred(images, mask, kernel):
 
 
 def _stroke_masks(count, size=32, seed=0):
-    from ganmodels.config import MaskConfig
-    from ganmodels.masks import sample_strokes
+    from ganmodels.masks import MaskConfig, sample_strokes
 
-    return sample_strokes(count, MaskConfig(image_size=size, kind="strokes"), torch.Generator().manual_seed(seed))
+    return sample_strokes(count, MaskConfig(image_size=size, mask_kind="strokes"), torch.Generator().manual_seed(seed))
 
 
 def test_laplacian_pyramid_adds_back_up_to_the_image():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from ganmodels.networks import CompletionNetwork, fill_holes, smooth_fill
+from ganmodels.glcic.networks import CompletionNetwork, fill_holes, smooth_fill
 
 
 def _square_hole(batch: int, size: int, top: int, side: int) -> torch.Tensor:

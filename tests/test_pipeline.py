@@ -15,11 +15,11 @@ from luigi.task_register import Register
 from PIL import Image
 
 import pipeline
-from pipeline import storage
-from pipeline.base import ArtifactTask
-from pipeline.checkpoints import list_checkpoints, recorded_checksum
+from pipeline.artifacts import storage
+from pipeline.tasks.base import ArtifactTask
+from pipeline.artifacts.checkpoints import list_checkpoints, recorded_checksum
 from pipeline.imagefiles import decode_image
-from pipeline.trainers import GRID_TAG
+from pipeline.training.loops import GRID_TAG
 from tests.conftest import (TINY, cli_args, flip_tensor_byte, kill_after_first_checkpoint, logged_steps, make_images,
                             read_events, resumed_steps, run_luigi, write_config)
 
@@ -75,8 +75,10 @@ def test_chain_end_to_end_writes_grids_metrics_and_manifests(artifact_root, imag
         # 3 columns of 32 px, 2 px padding; each image once under a box and once under strokes
         assert grid.size == (3 * 34 + 2, 2 * shown["summary"]["images"] * 34 + 2)
     joint = storage.read_json(os.path.join(os.path.dirname(summary["checkpoint"]), "manifest.json"))
-    assert joint["config"]["phase"]["steps"] == TINY["phase3_steps"]
-    assert joint["config"]["model"] == {"arch": "glcic", "image_size": 32, "width": 0.125, "upsample": "resize",
+    assert joint["config"] == storage.read_json(os.path.join(os.path.dirname(summary["checkpoint"]),
+                                                             "training_options.json"))
+    assert joint["config"]["training"]["joint"]["phase3_steps"] == TINY["phase3_steps"]
+    assert joint["config"]["training"]["model"] == {"arch": "glcic", "image_size": 32, "width": 0.125, "upsample": "resize",
                                         "skips": True, "hole_fill": "smooth"}
 
 

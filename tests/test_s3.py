@@ -8,8 +8,8 @@ import time
 import luigi
 import pytest
 
-from pipeline import storage
-from pipeline.base import ArtifactTask
+from pipeline.artifacts import storage
+from pipeline.tasks.base import ArtifactTask, cache_dir
 from tests.conftest import cli_args, logged_steps, make_images, read_events
 from tests.services import (BUCKET, CREDENTIALS, TEST_ENV, Relay, config_values, end_group, run_luigi,
                             s3_config, s3_key, s3_keys, start_luigi)
@@ -92,25 +92,25 @@ def test_data_is_committed_before_the_manifest_and_a_failed_task_stays_incomplet
 def test_local_path_downloads_once_into_the_cache_and_checks_the_manifest(s3_root, moto, tmp_path):
     task = WriteBlob(size=3000)
     assert luigi.build([task], local_scheduler=True, log_level="WARNING")
-    local = storage.local_path(task.path("data/blob.bin"))
+    local = storage.local_path(task.path("data/blob.bin"), cache_dir())
     assert local.startswith(str(tmp_path / "cache")) and open(local, "rb").read() == _blob(3000)
 
     key = s3_key(s3_root, os.path.basename(task.directory), "data/blob.bin")
     moto.client().put_object(Bucket=BUCKET, Key=key, Body=b"x" * 3000)  # the object changes behind the manifest
-    assert storage.local_path(task.path("data/blob.bin")) == local  # the verified copy is used, not downloaded again
+    assert storage.local_path(task.path("data/blob.bin"), cache_dir()) == local  # the verified copy is used, not downloaded again
     os.remove(local)
     with pytest.raises(storage.IntegrityError, match="data/blob.bin has 3000 bytes with sha256"):
-        storage.local_path(task.path("data/blob.bin"))
+        storage.local_path(task.path("data/blob.bin"), cache_dir())
     assert not os.path.exists(local) and not [name for _, _, names in os.walk(tmp_path / "cache") for name in names]
 
     with pytest.raises(FileNotFoundError, match="has not completed"):
-        storage.local_path(WriteBlob(size=7).path("data/blob.bin"))
+        storage.local_path(WriteBlob(size=7).path("data/blob.bin"), cache_dir())
 
 
 def test_a_damaged_cached_copy_is_deleted_and_downloaded_again(s3_root, moto, caplog):
     task = WriteBlob(size=3000)
     assert luigi.build([task], local_scheduler=True, log_level="WARNING")
-    cached = storage.local_path(task.path("data/blob.bin"))
+    cached = storage.local_path(task.path("data/blob.bin"), cache_dir())
     os.chmod(cached, 0o644)
     with open(cached, "r+b") as file:  # same size, one byte changed
         file.seek(1500)
@@ -118,7 +118,7 @@ def test_a_damaged_cached_copy_is_deleted_and_downloaded_again(s3_root, moto, ca
         file.seek(1500)
         file.write(bytes([byte ^ 0x40]))
     with caplog.at_level("WARNING", logger="luigi-interface"):
-        again = storage.local_path(task.path("data/blob.bin"))
+        again = storage.local_path(task.path("data/blob.bin"), cache_dir())
     assert again == cached and open(again, "rb").read() == _blob(3000)
     assert f"the cached copy {cached} of {task.path('data/blob.bin')} does not match" in caplog.text
 

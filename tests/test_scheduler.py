@@ -10,8 +10,8 @@ import luigi
 import pytest
 
 import pipeline
-from pipeline import storage
-from pipeline.base import MANIFEST
+from pipeline.artifacts import storage
+from pipeline.tasks.base import MANIFEST
 from tests.conftest import TINY, cli_args, make_images, write_config
 from tests.services import (BUCKET, CREDENTIALS, TEST_ENV, Luigid, alive, config_values, end_group,
                             kill_hard, run_luigi, s3_config, s3_key, s3_keys, start_luigi)

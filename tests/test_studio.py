@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import storage
-from pipeline.data import load_array
+from pipeline.artifacts import storage
+from pipeline.tasks.base import cache_dir
 from pipeline.studio.app import TEST_IMAGES
 from pipeline.studio.models import Models
 from tests.conftest import REPO_ROOT
@@ -144,7 +144,7 @@ def test_pages_files_and_fills_over_http(studio, run_root):
     status, _, body = studio.get(f"/api/test-images?model={final}")
     test_images = json.loads(body)["images"]
     shards = run_name(run_root, "PrepareImages")
-    test_split = sum(len(load_array(storage.join(run_root, shards, name)))
+    test_split = sum(len(storage.load_array(storage.join(run_root, shards, name), cache_dir()))
                      for name in storage.list_files(storage.join(run_root, shards)) if name.startswith("shards/test-"))
     assert status == 200 and len(test_images) == min(test_split, TEST_IMAGES) > 0
     pixels = decoded(studio.get(test_images[0])[2])

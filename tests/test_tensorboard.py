@@ -4,8 +4,8 @@ import os
 
 from PIL import Image
 
-from pipeline import storage
-from pipeline.trainers import GRID_TAG
+from pipeline.artifacts import storage
+from pipeline.training.loops import GRID_TAG
 from tests.conftest import logged_steps, read_events
 from tests.test_cli import run_name
 

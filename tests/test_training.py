@@ -2,12 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from ganmodels.config import MaskConfig, ModelConfig, PhaseConfig
-from ganmodels.data import ImageBank
-from ganmodels.masks import holes_to_mask, patch_origins, sample_holes
-from ganmodels.networks import build_networks, fill_holes
+from ganmodels.collapse import TrainingCollapsed
+from ganmodels.feeding import ImageBank
+from ganmodels.glcic.config import ModelConfig, PhaseOptions
+from ganmodels.glcic.networks import build_networks, fill_holes
+from ganmodels.glcic.training import completion_step, train_phase
+from ganmodels.masks import MaskConfig, holes_to_mask, patch_origins, sample_holes
 from ganmodels.runtime import Runtime
-from ganmodels.training import TrainingCollapsed, completion_step, train_phase
 
 MEAN = torch.tensor([0.5, 0.4, 0.3])
 
@@ -18,19 +19,22 @@ def bank():
     return ImageBank([rng.integers(0, 256, (40, 3, 32, 32), dtype=np.uint8)], "cpu")
 
 
-def _run(phase, start, bank, arch="glcic", steps=6, on_checkpoint=lambda s: None, mask_kind="mixed", **settings):
-    config = PhaseConfig(phase=phase, steps=steps, batch_size=4, checkpoint_every=3, log_every=2, alpha=0.1,
-                         **settings)
-    return train_phase(config, ModelConfig(arch=arch, image_size=32, width=0.125),
-                       MaskConfig(image_size=32, kind=mask_kind), bank, MEAN, start, Runtime(), on_checkpoint=on_checkpoint)
+def _options(phase, steps=6, **settings):
+    settings = {"image_size": 32, "width": 0.125, "batch_size": 4, "checkpoint_every": 3, "log_every": 2,
+                f"phase{phase}_steps": steps, **({"alpha": 0.1} if phase == 3 else {}), **settings}
+    return PhaseOptions.from_settings(phase, **settings)
+
+
+def _run(phase, start, bank, steps=6, on_checkpoint=lambda s: None, **settings):
+    return train_phase(_options(phase, steps, **settings), bank, MEAN, start, Runtime(), on_checkpoint=on_checkpoint)
 
 
 @pytest.mark.parametrize("arch", ["glcic", "infill"])
 def test_three_phases_chain_and_log_finite_losses(bank, arch):
     state = None
     for phase in (1, 2, 3):
-        state = _run(phase, state, bank, arch)
-        assert state["phase"] == phase and state["step"] == 6
+        state = _run(phase, state, bank, arch=arch)
+        assert state["config"]["phase"] == phase and state["step"] == 6
     logged = [row for row in state["history"] if row["phase"] == 3]
     assert logged and all(np.isfinite(row[k]) for row in logged for k in ("loss_rec", "loss_d", "loss_adv"))
     assert [row["phase"] for row in state["history"]] == [1] * 3 + [2] * 3 + [3] * 3
@@ -46,8 +50,8 @@ def test_resumed_phase_ends_exactly_where_an_uninterrupted_one_does(bank, settin
     assert len(checkpoints) == 1 and saved["step"] == 3
     resumed = _run(3, saved, bank, **settings)
     for key in ("completion", "discriminator"):
-        for name, value in uninterrupted[key].items():
-            assert torch.equal(value, resumed[key][name]), f"{key}.{name} differs after resume"
+        for name, value in uninterrupted["networks"][key].items():
+            assert torch.equal(value, resumed["networks"][key][name]), f"{key}.{name} differs after resume"
 
 
 def _roundtrip(state):
@@ -61,9 +65,10 @@ def _roundtrip(state):
 def test_phase_two_leaves_the_completion_network_untouched(bank):
     phase1 = _run(1, None, bank)
     phase2 = _run(2, phase1, bank)
-    for name, value in phase1["completion"].items():
-        assert torch.equal(value, phase2["completion"][name]), name
-    assert any(not torch.equal(v, phase2["discriminator"][k]) for k, v in phase1["discriminator"].items())
+    before, after = phase1["networks"], phase2["networks"]
+    for name, value in before["completion"].items():
+        assert torch.equal(value, after["completion"][name]), name
+    assert any(not torch.equal(v, after["discriminator"][k]) for k, v in before["discriminator"].items())
 
 
 def test_completion_step_leaves_no_gradient_in_the_discriminator():
@@ -75,7 +80,7 @@ def test_completion_step_leaves_no_gradient_in_the_discriminator():
     optimizer = torch.optim.Adam(completion.parameters())
     output = completion(torch.cat([fill_holes(real, mask, MEAN), mask], dim=1))
     reconstruction, adversarial = completion_step(optimizer, output, torch.lerp(real, output, mask), real, mask,
-                                                  origins, discriminator, PhaseConfig(phase=3, steps=1, alpha=1.0),
+                                                  origins, discriminator, _options(3, alpha=1.0),
                                                   runtime=Runtime())
     assert adversarial > 0 and reconstruction > 0
     assert all(p.grad is None for p in discriminator.parameters())
@@ -90,38 +95,39 @@ def test_later_phases_need_a_starting_state(bank):
 
 def test_collapse_watch_of_the_joint_phase_warns_or_stops(bank, caplog):
     phase2 = _run(2, _run(1, None, bank), bank)
-    settings = dict(phase=3, steps=6, batch_size=4, checkpoint_every=2, log_every=1, alpha=0.1,
-                    collapse_window=2, collapse_d_loss_floor=100.0)  # any loss counts as "the discriminator won"
+    settings = dict(checkpoint_every=2, log_every=1, collapse_window=2,
+                    collapse_d_loss_floor=100.0)  # any loss counts as "the discriminator won"
     checkpoints = []
-    with pytest.raises(TrainingCollapsed, match="step 2: discriminator loss below 100.0 for 2 consecutive"):
-        train_phase(PhaseConfig(**settings, on_collapse="stop"), ModelConfig(image_size=32, width=0.125),
-                    MaskConfig(image_size=32), bank, MEAN, phase2, Runtime(device="cpu"),
+    with pytest.raises(TrainingCollapsed, match="step 2: discriminator loss below 100.0 for 2 consecutive") as stop:
+        train_phase(_options(3, **settings, on_collapse="stop"), bank, MEAN, phase2, Runtime(device="cpu"),
                     on_checkpoint=lambda state: checkpoints.append(state["step"]))
     assert checkpoints == []  # the weights of the collapse step are never checkpointed
+    assert [row["step"] for row in stop.value.history if row["phase"] == 3] == [1, 2]
     caplog.clear()
-    with caplog.at_level("WARNING", logger="ganmodels.training"):
-        state = train_phase(PhaseConfig(**settings, on_collapse="warn"), ModelConfig(image_size=32, width=0.125),
-                            MaskConfig(image_size=32), bank, MEAN, phase2, Runtime(device="cpu"))
+    with caplog.at_level("WARNING", logger="ganmodels.glcic.training"):
+        state = train_phase(_options(3, **settings, on_collapse="warn"), bank, MEAN, phase2, Runtime(device="cpu"))
     assert state["step"] == 6 and state["collapse_watch"]["low_loss_streak"] == 6
     warned_at = [r.getMessage().split(":")[0] for r in caplog.records if "discriminator loss below" in r.getMessage()]
     assert warned_at == [f"phase 3 step {step}" for step in range(2, 7)], warned_at
 
 
 def test_cosine_schedule_warms_up_then_decays_to_its_final_share():
-    config = PhaseConfig(phase=1, steps=100, lr_schedule="cosine", lr_final=0.1, warmup_steps=10)
-    factors = [config.lr_factor(step) for step in range(100)]
+    options = _options(1, steps=100, lr_schedule="cosine", lr_final=0.1, warmup_steps=10)
+    factors = [options.lr_factor(step) for step in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))  # never rises after the warm-up
     assert factors[-1] == pytest.approx(0.1, abs=1e-3) and factors[55] == pytest.approx(0.55, abs=0.02)
-    assert PhaseConfig(phase=1, steps=100).lr_factor(99) == 1.0
+    assert _options(1, steps=100, lr_schedule="constant").lr_factor(99) == 1.0
 
 
 def test_learning_rates_follow_the_phase_config_not_the_loaded_optimizer(bank):
     """Phase 3 starts from phase 2's optimizer state, whose learning rates were phase 2's own."""
-    phase2 = _run(2, _run(1, None, bank, lr_completion=0.5), bank, lr_discriminator=0.25)
-    phase3 = _run(3, phase2, bank, steps=3, lr_completion=1e-4, lr_discriminator=2e-4)
-    rates = {name: [group["lr"] for group in phase3[name]["param_groups"]] for name in ("opt_completion", "opt_discriminator")}
-    assert rates == {"opt_completion": [1e-4], "opt_discriminator": [2e-4]}
+    phase2 = _run(2, _run(1, None, bank, lr_schedule="constant", lr_completion=0.5), bank, lr_schedule="constant",
+                  lr_discriminator=0.25)
+    phase3 = _run(3, phase2, bank, steps=3, lr_schedule="constant", lr_joint=1e-4, lr_discriminator=2e-4)
+    rates = {name: [group["lr"] for group in optimizer["param_groups"]]
+             for name, optimizer in phase3["optimizers"].items()}
+    assert rates == {"completion": [1e-4], "discriminator": [2e-4]}
 
 
 @pytest.mark.parametrize("loss", ["mse", "l1"])

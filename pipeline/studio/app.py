@@ -20,14 +20,13 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from ganmodels.inference import generate
-from ganmodels.monitoring import slerp
+from ganmodels.dcgan.sampling import generate, slerp
+from ganmodels.rendering import loss_curves_png
 
-from .. import report, storage
-from ..data import load_array
+from ..artifacts import storage
 from ..imagefiles import RejectedImage, TooManyPixels, decode_full_size
 from ..infill import telea
-from ..runs import (INPAINTER_FAMILIES, GENERATOR_FAMILIES, Run, UserError, ancestry, explain, load_run,
+from ..artifacts.runs import (INPAINTER_FAMILIES, GENERATOR_FAMILIES, Run, UserError, ancestry, explain, load_run,
                     loss_columns, run_names, runs_table, training_history)
 from . import LOOPBACK_HOSTS, pages
 from .models import Models, usable_runs
@@ -105,9 +104,9 @@ def _status_of(error: Exception) -> int:
     return 503  # the S3 store is unreachable or refuses
 
 
-def create_app(root: str, device: torch.device, max_upload_bytes: int, max_pixels: int,
+def create_app(root: str, cache_dir: str, device: torch.device, max_upload_bytes: int, max_pixels: int,
                allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS) -> FastAPI:
-    """The studio over the artifact root `root`, its models on `device`; uploads of at most
+    """The studio over the artifact root `root` (S3 files cached in `cache_dir`), its models on `device`; uploads of at most
     max_upload_bytes and max_pixels. Requests naming another host are refused, so that a web
     page elsewhere cannot reach the studio through a name it points at this machine."""
     app = FastAPI(title="gan-pipeline studio", docs_url=None, redoc_url=None, openapi_url=None)
@@ -186,9 +185,7 @@ def create_app(root: str, device: torch.device, max_upload_bytes: int, max_pixel
         history = training_history(ancestry(find(name)))
         if not (columns := loss_columns(history)):
             raise HTTPException(404, f"{name} and its upstream runs logged no losses")
-        buffer = io.BytesIO()
-        report.plot_losses(history, columns, buffer)
-        return Response(buffer.getvalue(), media_type="image/png")
+        return Response(loss_curves_png(history, columns), media_type="image/png")
 
     @app.get("/runs/{name}/files/{file:path}")
     def run_file(name: str, file: str, download: bool = False):
@@ -203,14 +200,14 @@ def create_app(root: str, device: torch.device, max_upload_bytes: int, max_pixel
             headers["Content-Disposition"] = f'attachment; filename="{os.path.basename(file)}"'
         media_type = CONTENT_TYPES.get(os.path.splitext(file)[1], "application/octet-stream")
         if run.complete:  # the bytes its manifest records, from S3 through the verified cache
-            return FileResponse(storage.local_path(path), media_type=media_type, headers=headers)
+            return FileResponse(storage.local_path(path, cache_dir), media_type=media_type, headers=headers)
         return Response(storage.read_bytes(path), media_type=media_type, headers=headers)
 
     @app.get("/runs/{name}/test-images/{index}.png")
     def test_image(name: str, index: int):
         shards = find(name, ("PrepareImages",))
         for shard in sorted(file for file in shards.files() if file.startswith("shards/test-")):
-            images = load_array(shards.path(shard))
+            images = storage.load_array(shards.path(shard), cache_dir)
             if index < len(images):
                 return _png_response(np.ascontiguousarray(images[index].transpose(1, 2, 0)))
             index -= len(images)
@@ -236,7 +233,7 @@ def create_app(root: str, device: torch.device, max_upload_bytes: int, max_pixel
             return {"images": []}
         images, served = [], 0
         for shard in sorted(file for file in shards.files() if file.startswith("shards/test-")):
-            rows = len(load_array(shards.path(shard)))
+            rows = len(storage.load_array(shards.path(shard), cache_dir))
             images += [f"/runs/{shards.name}/test-images/{served + row}.png"
                        for row in range(min(rows, TEST_IMAGES - served))]
             served += rows

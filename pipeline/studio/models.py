@@ -4,11 +4,11 @@ import threading
 
 import torch
 
-from ganmodels.dcgan_training import generator_from_state
+from ganmodels.dcgan.sampling import generator_from_state
 
-from .. import storage
+from ..artifacts import storage
 from ..infill import Inpainter
-from ..runs import Run, UserError, checkpoint_path, load_run, model_state, run_names
+from ..artifacts.runs import Run, UserError, checkpoint_path, load_run, model_state, run_names
 
 # Loaded networks kept at once; a default inpainter takes a few MB, so this bounds memory, not speed.
 CACHED_MODELS = 4
@@ -50,8 +50,7 @@ class Models:
             return self._loaded[key]
 
     def inpainter(self, name: str) -> Inpainter:
-        return self._get(name, lambda path: Inpainter(
-            model_state(path, self.device, "completion"), self.device, name))
+        return self._get(name, lambda path: Inpainter(model_state(path, self.device, "completion"), self.device))
 
     def generator(self, name: str) -> torch.nn.Module:
         # The EMA copy of the generator when training kept one: it samples more smoothly.

@@ -3,7 +3,7 @@ import html
 import urllib.parse
 
 from .. import report
-from ..runs import (GENERATOR_FAMILIES, INPAINTER_FAMILIES, Run, evaluation, flatten, human_size,
+from ..artifacts.runs import (GENERATOR_FAMILIES, INPAINTER_FAMILIES, Run, evaluation, flatten, human_size,
                     is_number, key_parameters, nearest_evaluation, status, timestamp)
 
 EVALUATION_KEYS = ("methods", "by_kind", "by_area")

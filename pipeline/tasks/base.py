@@ -12,13 +12,12 @@ import importlib.metadata
 import json
 import logging
 import platform
-import re
 from contextlib import contextmanager
 
 import luigi
 from luigi.task import flatten
 
-from . import storage
+from ..artifacts import storage
 
 log = logging.getLogger("luigi-interface")
 
@@ -34,6 +33,24 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return versions
+
+
+class artifacts(luigi.Config):
+    """`[artifacts]` section of luigi.cfg (or --artifacts-root on the command line)."""
+
+    root = luigi.Parameter(default="./artifacts",
+                           description="Directory or s3://bucket/prefix under which every task writes its output")
+    cache_dir = luigi.Parameter(default="~/.cache/gan-pipeline",
+                                description="Local copies of files read from S3, checked against their manifest")
+
+
+def artifact_root() -> str:
+    """The artifact root in force, the one place the task layer reads it; everything below is given it."""
+    return storage.resolve_root(artifacts().root)
+
+
+def cache_dir() -> str:
+    return artifacts().cache_dir
 
 
 class ArtifactTask(luigi.Task):
@@ -63,7 +80,7 @@ class ArtifactTask(luigi.Task):
 
     @property
     def directory(self) -> str:
-        return storage.join(storage.root(), f"{self.get_task_family()}-{self.artifact_hash()}")
+        return storage.join(artifact_root(), f"{self.get_task_family()}-{self.artifact_hash()}")
 
     def path(self, name: str) -> str:
         return storage.join(self.directory, name)
@@ -134,18 +151,3 @@ class ArtifactTask(luigi.Task):
             "files": files,
         }
         storage.write_manifest(self.directory, manifest)
-
-
-def configured(config_class, renamed: dict[str, str], **fields):
-    """config_class(**fields), its ValueError naming the task's parameters rather than the config's fields.
-
-    renamed maps a field name (or phrase) of config_class's messages to the parameter
-    names the user typed, for fields that a task calls otherwise.
-    """
-    try:
-        return config_class(**fields)
-    except ValueError as error:
-        message = str(error)
-        for field, parameter in renamed.items():
-            message = re.sub(rf"\b{re.escape(field)}\b", parameter, message)
-        raise ValueError(message) from None

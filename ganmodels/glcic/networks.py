@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..masks import crop_patches
 from .config import ModelConfig
-from .masks import crop_patches
 
 
 def _channels(base: int, width: float) -> int:

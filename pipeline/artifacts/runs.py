@@ -274,8 +274,9 @@ def checkpoint_path(root: str, spec: str) -> str:
 def model_state(path: str, device: torch.device, network: str) -> dict:
     """The state saved at path, which must hold `network`; checked as pipeline.checkpoints.load_state checks."""
     state = load_state(path, device)
-    if network not in state:
-        raise UserError(f"{path} holds no {network} network (it has: {', '.join(sorted(state))})")
+    networks = state.get("networks", {})
+    if network not in networks:
+        raise UserError(f"{path} holds no {network} network (it has: {', '.join(sorted(networks)) or 'none'})")
     return state
 
 

@@ -1,7 +1,8 @@
 """The one place that knows where artifacts live: a local directory or an S3 prefix.
 
-Every task reads and writes through these functions with paths under the artifact
-root from `[artifacts] root` in luigi.cfg, either a directory or `s3://bucket/prefix`.
+Every task reads and writes through these functions with full paths: local ones, or
+`s3://bucket/prefix/...`. The artifact root they lie under is chosen by the task layer
+(`[artifacts] root`, pipeline.tasks.base) and passed down; nothing here reads it.
 Writes are atomic: data goes to a temporary local file that is renamed into place, or
 uploaded to S3 (multipart, streamed from that file), only when it is closed without
 error. S3 access goes through luigi.contrib.s3 (boto3), configured by the `[s3]`
@@ -27,9 +28,9 @@ from typing import IO, Iterator
 
 import luigi
 import luigi.format
+import numpy as np
 from botocore.exceptions import ClientError
 from luigi.contrib.s3 import S3Client, S3Target
-from luigi.task_register import Register
 
 log = logging.getLogger("luigi-interface")
 
@@ -45,15 +46,6 @@ _MANIFEST_KEYS = _LEGACY_MANIFEST_KEYS | {"format", "checksum"}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 HASH_LENGTH = 10  # hex digits of a task's hash in its directory name
 TASK_DIRECTORY = re.compile(r"^(?P<family>[A-Za-z_]\w*)-(?P<hash>[0-9a-f]+)$")
-
-
-class artifacts(luigi.Config):
-    """`[artifacts]` section of luigi.cfg."""
-
-    root = luigi.Parameter(default="./artifacts",
-                           description="Directory or s3://bucket/prefix under which every task writes its output")
-    cache_dir = luigi.Parameter(default="~/.cache/gan-pipeline",
-                                description="Local copies of files read from S3, checked against their manifest")
 
 
 class ArtifactError(RuntimeError):
@@ -76,26 +68,13 @@ def is_remote(path: str) -> bool:
     return path.startswith(S3_SCHEME)
 
 
-def root() -> str:
-    configured = artifacts().root
+def resolve_root(configured: str) -> str:
+    """An artifact root as written by a user, checked and made absolute (local) or normalised (S3)."""
     if is_remote(configured):
         if not configured[len(S3_SCHEME):].split("/")[0]:
             raise ValueError(f"[artifacts] root must look like s3://bucket/prefix, got {configured!r}")
         return configured.rstrip("/")
     return os.path.abspath(os.path.expanduser(configured))
-
-
-def cache_dir() -> str:
-    return os.path.abspath(os.path.expanduser(artifacts().cache_dir))
-
-
-def use_root(path: str) -> None:
-    """Adopt the artifact root of another process (a training child of a luigi worker)."""
-    config = luigi.configuration.get_config()
-    if not config.has_section("artifacts"):
-        config.add_section("artifacts")
-    config.set("artifacts", "root", path)
-    Register.clear_instance_cache()  # luigi.Config objects read the config once
 
 
 def join(*parts: str) -> str:
@@ -257,13 +236,13 @@ def _local_digest(path: str) -> tuple[int, str]:
     return info.st_size, _digests[key]
 
 
-def local_path(path: str) -> str:
+def local_path(path: str, cache_dir: str) -> str:
     """A path on local disk holding the bytes that `path`'s task recorded in its manifest,
     for reading in place (memory maps); the file must belong to a complete task.
 
-    A local file is hashed once per process. A file on S3 is downloaded once into the cache
-    folder, named by its sha256; a cached copy is checked once per process, and one that
-    no longer matches is deleted and downloaded again.
+    A local file is hashed once per process. A file on S3 is downloaded once into
+    `cache_dir`, named by its sha256; a cached copy is checked once per process, and one
+    that no longer matches is deleted and downloaded again.
     """
     record = recorded(path)
     if record is None:
@@ -271,7 +250,7 @@ def local_path(path: str) -> str:
     if not is_remote(path):
         _check(path, *_local_digest(path), record)
         return path
-    cached = os.path.join(cache_dir(), "sha256", record.sha256[:2], record.sha256)
+    cached = os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), "sha256", record.sha256[:2], record.sha256)
     if os.path.exists(cached):
         if _local_digest(cached) == (record.size, record.sha256):
             return cached
@@ -289,6 +268,12 @@ def local_path(path: str) -> str:
         if os.path.exists(partial):
             os.remove(partial)
     return cached
+
+
+def load_array(path: str, cache_dir: str) -> np.ndarray:
+    """A stored uint8 array, memory-mapped so only the rows used are read, once its bytes
+    have matched its task's manifest (local_path)."""
+    return np.load(local_path(path, cache_dir), mmap_mode="r", allow_pickle=False)
 
 
 def _task_directory_and_name(path: str) -> tuple[str, str] | None:
@@ -424,8 +409,12 @@ def write_marker(directory: str, family: str, full_hash: str) -> None:
     except (OSError, ClientError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         # The reason is in the message; the cause would only add the name of a temporary file.
-        raise RootNotWritable(f"the artifact root {root()} is not writable: cannot write {path} "
+        raise RootNotWritable(f"the artifact root {_parent(directory)} is not writable: cannot write {path} "
                               f"({reason}); make it writable or set [artifacts] root elsewhere") from None
+
+
+def _parent(directory: str) -> str:
+    return posixpath.dirname(directory.rstrip("/")) if is_remote(directory) else os.path.dirname(directory)
 
 
 def read_marker(directory: str) -> dict | None:

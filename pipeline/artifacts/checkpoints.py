@@ -7,6 +7,7 @@ the newest checkpoint whose bytes match their checksum. States hold only tensors
 plain values, so they load with `weights_only=True`.
 """
 import io
+import logging
 import pickle
 import re
 import warnings
@@ -14,7 +15,8 @@ import warnings
 import torch
 
 from . import storage
-from .base import ArtifactTask, log
+
+log = logging.getLogger("luigi-interface")
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoints/step-(\d+)\.pt$")
 CHECKSUM_SUFFIX = ".sha256"
@@ -118,25 +120,26 @@ def _problem(path: str, checked: bool) -> str | None:
     return None if sha256 == record.sha256 else f"its sha256 {sha256} differs from {record.where}"
 
 
-def latest_checkpoint(task: ArtifactTask) -> str | None:
-    """The newest checkpoint an earlier, interrupted attempt of the task left whose bytes
-    match their checksum, or None. Refused ones are logged by name, newest first.
+def latest_checkpoint(directory: str, label: str) -> str | None:
+    """The newest checkpoint an earlier, interrupted attempt left in a task's directory whose
+    bytes match their checksum, or None. Refused ones are logged by name, newest first,
+    after `label` (the task's name).
 
     A directory whose checkpoints all lack checksum files was written before checksums
     were recorded: its newest checkpoint is used as it is, with a warning.
     """
-    checkpoints = list_checkpoints(task.directory)
-    checked = any(storage.exists(task.path(checksum_name(name))) for _, name in checkpoints)
+    checkpoints = list_checkpoints(directory)
+    checked = any(storage.exists(storage.join(directory, checksum_name(name))) for _, name in checkpoints)
     for step, name in reversed(checkpoints):
-        path = task.path(name)
+        path = storage.join(directory, name)
         if problem := _problem(path, checked):
-            log.warning("%s: refusing checkpoint %s: %s", task.get_task_family(), path, problem)
+            log.warning("%s: refusing checkpoint %s: %s", label, path, problem)
             continue
         if not checked:
             log.warning("%s: checkpoint %s has no checksum (saved before checksums were recorded); "
-                        "resuming from it unchecked", task.get_task_family(), path)
-        log.info("%s: resuming from checkpoint %s (step %d)", task.get_task_family(), name, step)
+                        "resuming from it unchecked", label, path)
+        log.info("%s: resuming from checkpoint %s (step %d)", label, name, step)
         return path
     if checkpoints:
-        log.warning("%s: no checkpoint can be resumed from; the phase starts over", task.get_task_family())
+        log.warning("%s: no checkpoint can be resumed from; the phase starts over", label)
     return None

@@ -13,14 +13,11 @@ interrupted attempt logged after its checkpoint, so a resumed run shows every st
 import os
 import shutil
 import tempfile
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import storage
-
-if TYPE_CHECKING:  # pipeline.distributed starts the trainers that use this module
-    from .distributed import JobOutput
+from ..artifacts import storage
+from .output import JobOutput
 
 DIRECTORY = "tensorboard"
 NOT_SCALARS = ("phase", "step", "steps")  # what places a log row, rather than measures it
@@ -29,7 +26,7 @@ NOT_SCALARS = ("phase", "step", "steps")  # what places a log row, rather than m
 class TrainingBoard:
     """The event files of one training process's run; everything is a no-op off rank 0."""
 
-    def __init__(self, output: "JobOutput", resumed_from: int):
+    def __init__(self, output: JobOutput, resumed_from: int):
         """resumed_from: the step of the checkpoint the run resumes from, 0 when it starts afresh."""
         self.output, self.active = output, output.is_main
         if not self.active:

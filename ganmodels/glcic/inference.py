@@ -1,12 +1,19 @@
-"""Using trained networks on new inputs: inpainting at any image size, and DCGAN samples and latent walks."""
+"""Using a trained completion network on new inputs: any image size, any mask."""
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .monitoring import slerp
-from .networks import fill_holes
+from .config import ModelConfig
+from .networks import build_networks, fill_holes
+
+
+def load_completion(state: dict, device: torch.device | str = "cpu") -> nn.Module:
+    """The completion network of a saved training state, in eval mode."""
+    completion, _ = build_networks(ModelConfig(**state["config"]["model"]))
+    completion.load_state_dict(state["networks"]["completion"])
+    return completion.to(device).eval()
 
 
 def size_multiple(net: nn.Module) -> int:
@@ -40,19 +47,3 @@ def predict(net: nn.Module, images: torch.Tensor, mask: torch.Tensor, mean_pixel
 def paste(images: torch.Tensor, prediction: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The prediction in the holes (mask == 1), the images' own pixels everywhere else."""
     return torch.lerp(images, prediction.to(images.dtype), mask)
-
-
-def latent_walks(walks: int, steps: int, latent_size: int, generator: torch.Generator) -> torch.Tensor:
-    """`walks` great-circle walks of `steps` latents each between random pairs, flattened walk by walk."""
-    if steps < 2:
-        raise ValueError(f"a walk needs at least 2 steps, got {steps}")
-    ends = torch.randn(2, walks, latent_size, generator=generator)
-    return torch.stack([slerp(ends[0], ends[1], t) for t in torch.linspace(0, 1, steps)], dim=1).flatten(0, 1)
-
-
-def generate(generator_net: nn.Module, latents: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Images in [0, 1] from a generator whose output is in [-1, 1], in eval mode, batch by batch."""
-    generator_net.eval()
-    with torch.no_grad():
-        batches = [generator_net(chunk) for chunk in latents.split(batch_size)]
-    return torch.cat(batches).add(1).div(2).clamp(0, 1)

@@ -1,0 +1,1 @@
+"""GLCIC inpainting (Iizuka et al. 2017): options, networks, the three-phase training loop, inference."""

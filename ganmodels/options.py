@@ -1,0 +1,53 @@
+"""How training options are declared: frozen dataclasses whose fields carry their help text.
+
+Every option of a training run is a field of one of these dataclasses, with its default,
+its help text and, for a choice, the values it may take. The pipeline turns the fields
+into its Luigi parameters (pipeline.tasks.options), so each default and each piece of
+help text lives here and nowhere else, and a value is validated where it is declared.
+"""
+import dataclasses
+from typing import Any
+
+COLLAPSE_ACTIONS = ("warn", "stop")
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def option(default: Any, help: str, choices: tuple = (), affects_result: bool = True) -> Any:
+    """A dataclass field with its help text; `choices` lists the values a str field may take.
+
+    affects_result=False marks options that change how fast or how often something happens
+    (logging, checkpoints, precision), never which model is trained.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "choices": tuple(choices),
+                                                        "affects_result": affects_result})
+
+
+def check_choices(options) -> None:
+    """Refuse a str field whose value is not one of its declared choices."""
+    for field in dataclasses.fields(options):
+        choices = field.metadata.get("choices")
+        value = getattr(options, field.name)
+        require(not choices or value in choices, f"{field.name} must be one of {choices}, got {value!r}")
+
+
+def from_dict(cls, values: dict):
+    """An options dataclass from its asdict form (nested dataclasses included), e.g. read back from JSON."""
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in values:
+            continue
+        value = values[field.name]
+        nested = _dataclass_type(field.type)
+        kwargs[field.name] = from_dict(nested, value) if nested and value is not None else value
+    return cls(**kwargs)
+
+
+def _dataclass_type(annotation):
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if dataclasses.is_dataclass(candidate):
+            return candidate
+    return None

@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 
 from pipeline import PrepareImages  # noqa: E402
 from pipeline.data import load_array  # noqa: E402
-from pipeline.ingest import usable_cores  # noqa: E402
-from pipeline.sources import list_files  # noqa: E402
+from pipeline.datasets import files_below  # noqa: E402
+from pipeline.ingestion.pool import usable_cores  # noqa: E402
 
 
 def plain_loop(folder: str, paths: list[str], size: int) -> dict[str, np.ndarray]:
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="decoding processes; 0 = one per usable core")
     args = parser.parse_args()
     folder = os.path.abspath(args.folder)
-    paths = list_files(folder)
+    paths = files_below(folder)
     for path in paths:  # warm the file cache for both contenders
         Path(folder, path).read_bytes()
 

@@ -30,7 +30,7 @@ from ganmodels.data import ImageBank
 from ganmodels.dcgan import DCGANConfig
 from ganmodels.dcgan_training import generator_from_state, signed_batches, train_dcgan
 from ganmodels.monitoring import image_grid, sample_diversity
-from pipeline.imagefiles import decode_image
+from pipeline.ingestion.decode import decode_image
 
 IMAGE_SIZE = 32
 

@@ -25,7 +25,7 @@ from ganmodels.monitoring import slerp
 
 from .. import report, storage
 from ..data import load_array
-from ..imagefiles import RejectedImage, TooManyPixels, decode_full_size
+from ..ingestion.decode import RejectedImage, TooManyPixels, decode_full_size
 from ..infill import telea
 from ..runs import (INPAINTER_FAMILIES, GENERATOR_FAMILIES, Run, UserError, ancestry, explain, load_run,
                     loss_columns, run_names, runs_table, training_history)

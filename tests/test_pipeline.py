@@ -18,7 +18,7 @@ import pipeline
 from pipeline import storage
 from pipeline.base import ArtifactTask
 from pipeline.checkpoints import list_checkpoints, recorded_checksum
-from pipeline.imagefiles import decode_image
+from pipeline.ingestion.decode import decode_image
 from pipeline.trainers import GRID_TAG
 from tests.conftest import (TINY, cli_args, flip_tensor_byte, kill_after_first_checkpoint, logged_steps, make_images,
                             read_events, resumed_steps, run_luigi, write_config)

@@ -21,7 +21,7 @@ NO_SOURCE, OPTIONAL_SOURCE, REQUIRED_SOURCE = "none", "optional", "required"
 
 
 class datasets(luigi.Config):
-    """`[datasets]` section of luigi.cfg."""
+    """`[datasets]` section of luigi.cfg (luigi names a Config's section after its class)."""
 
     download_dir = luigi.Parameter(default="./downloads",
                                    description="Local folder for downloaded and generated source images")
@@ -41,7 +41,7 @@ class Request:
     source: str  # source= as typed; "" when not given
     settings: Mapping[str, str]  # the spec's settings, with its luigi.cfg section over the defaults
     download_dir: Path  # absolute; each dataset keeps its files in a folder of its own below it
-    paintings_parts: tuple[int, ...]
+    paintings_parts: tuple[int, ...]  # for dataset=paintings: which train_N.zip to use
 
     @property
     def source_dir(self) -> Path | None:
@@ -53,8 +53,8 @@ class DatasetSpec:
 
     name: str
     description: str  # one line: what the images are, for the dataset parameter's help
-    source = NO_SOURCE
-    source_help = ""  # what source= holds, for the source parameter's help
+    source = NO_SOURCE  # whether source= is refused, optional or required
+    source_help = ""  # what source= holds, for the source parameter's help and its errors
     official_split = False  # whether resolve gives the collection's own train/val/test split
     # Every key of the luigi.cfg section named after the dataset, with its default: the one
     # place the URLs, ids and checksums live, so that luigi.cfg need only name a mirror.

@@ -17,7 +17,7 @@ setup(
         "boto3>=1.34",
         "pillow>=10.1",
         "simplejpeg>=1.7",
-        # SIMD Lanczos resize (pipeline/imagefiles.py); where no wheel exists Pillow resizes alone.
+        # SIMD Lanczos resize (pipeline/ingestion/decode.py); where no wheel exists Pillow resizes alone.
         "cykooz.resizer>=4.0; platform_machine == 'x86_64' or platform_machine == 'AMD64' or sys_platform == 'darwin'",
         "pandas>=2.0",
         "numpy>=1.26",

@@ -33,9 +33,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's pipeline, not an installed one
 
 from pipeline import PrepareImages  # noqa: E402
-from pipeline.data import load_array  # noqa: E402
-from pipeline.ingest import usable_cores  # noqa: E402
-from pipeline.sources import list_files  # noqa: E402
+from pipeline.artifacts.storage import load_array  # noqa: E402
+from pipeline.tasks.base import cache_dir  # noqa: E402
+from pipeline.datasets import files_below  # noqa: E402
+from pipeline.ingestion.pool import usable_cores  # noqa: E402
 
 
 def plain_loop(folder: str, paths: list[str], size: int) -> dict[str, np.ndarray]:
@@ -81,7 +82,7 @@ def project_ingestion(folder: str, size: int, workers: int, laps: list) -> dict[
         with lap(laps):
             build(prepared)
         table = pd.read_csv(prepared.path("images.csv"))
-        shards = {name: load_array(prepared.path(name)) for name in table["shard"].unique()}
+        shards = {name: load_array(prepared.path(name), cache_dir()) for name in table["shard"].unique()}
         return {path: shards[shard][row].transpose(1, 2, 0).copy()
                 for path, shard, row in zip(table["relative_path"], table["shard"], table["row"])}
 
@@ -100,7 +101,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="decoding processes; 0 = one per usable core")
     args = parser.parse_args()
     folder = os.path.abspath(args.folder)
-    paths = list_files(folder)
+    paths = files_below(folder)
     for path in paths:  # warm the file cache for both contenders
         Path(folder, path).read_bytes()
 

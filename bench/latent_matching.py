@@ -33,7 +33,7 @@ from ganmodels.dcgan.training import train_dcgan
 from ganmodels.feeding import ImageBank
 from ganmodels.rendering import image_grid
 from ganmodels.runtime import Runtime
-from pipeline.imagefiles import decode_image
+from pipeline.ingestion.decode import decode_image
 
 IMAGE_SIZE = 32
 

@@ -1,5 +1,5 @@
 """Luigi tasks from an image collection to trained GAN models: `luigi --module pipeline TrainInpainter`."""
-from .data import PrepareImages
+from .tasks.prepare import PrepareImages
 from .tasks.generation import TrainDCGAN
 from .tasks.inpainting import (EvaluateInpainter, PretrainCompletion, PretrainDiscriminator, RenderEvalGrid,
                                TrainInpainter, TrainJoint)

@@ -18,9 +18,10 @@ from PIL import Image, ImageOps
 from ganmodels.dcgan.sampling import generate, generator_from_state, latent_walks
 from ganmodels.world import resolve_device
 
-from . import report, sources
+from . import report
 from .artifacts import storage
-from .imagefiles import ACCEPTED_FORMATS, RejectedImage, TooManyPixels, decode_full_size
+from .datasets import files_below
+from .ingestion.decode import ACCEPTED_FORMATS, RejectedImage, TooManyPixels, decode_full_size
 from .infill import Inpainter
 from .artifacts.runs import (Run, UserError, ancestry, checkpoint_path, explain, find_run, human_size, load_run,
                    model_state, progress, runs_table, status, timestamp, upstream)
@@ -97,9 +98,9 @@ def infill_jobs(image: str, mask: str, out: str) -> list[tuple[str, str, str]]:
         return [(image, mask, out)]
     if not os.path.isdir(mask):
         raise UserError(f"--image {image} is a folder, so --mask must be a folder of masks with the same names")
-    masks = {os.path.splitext(name)[0]: name for name in sources.list_files(mask)}
+    masks = {os.path.splitext(name)[0]: name for name in files_below(mask)}
     jobs = []
-    for name in sources.list_files(image):
+    for name in files_below(image):
         stem = os.path.splitext(name)[0]
         if stem not in masks:
             raise UserError(f"no mask for {name} in {mask} (masks are matched by name, any extension)")

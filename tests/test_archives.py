@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from pipeline.archives import ArchiveError, UnsafeArchive, safe_extract
+from pipeline.datasets.archives import ArchiveError, UnsafeArchive, safe_extract
 
 
 def add_tar_member(archive, name, data=b"", kind=tarfile.REGTYPE, linkname=""):

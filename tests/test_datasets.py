@@ -2,7 +2,6 @@
 a local HTTP server, CelebA and Painter by Numbers from archives "downloaded by hand", and a
 folder of broken and awkward files."""
 import io
-import multiprocessing
 import os
 import re
 from collections import Counter
@@ -15,11 +14,11 @@ import pytest
 from luigi.task_register import Register
 from PIL import Image
 
-from pipeline import PrepareImages, ingest, sources, storage
-from pipeline.imagefiles import decode_image
-from pipeline.ingest import DecodeSettings, ingest_folder
+from pipeline import PrepareImages, datasets
+from pipeline.artifacts import storage
+from pipeline.datasets import sample
+from tests.test_decode import KEPT, REJECTION_REASONS, awkward_files
 from tests.test_downloads import mat_bytes, md5_of, serve_digits, tar_gz, zip_bytes
-from tests.test_imagefiles import KEPT, REJECTION_REASONS, awkward_files, png_header_only
 
 
 def jpeg_bytes(seed, size=(24, 20)):
@@ -136,7 +135,7 @@ def test_celeba_from_files_downloaded_by_hand_keeps_the_official_partition(artif
     _, summary, splits, _ = prepare(dataset="celeba", source=str(manual), official_split=False,
                                     val_fraction=0.2, test_fraction=0.2)
     assert summary["split"] == "path hash"
-    assert splits == {path: sources.hash_split(path, 0.2, 0.2) for path in splits}
+    assert splits == {path: datasets.hash_split(path, 0.2, 0.2) for path in splits}
 
 
 def test_paintings_from_zips_downloaded_by_hand_use_only_the_chosen_parts(artifact_root, tmp_path):
@@ -148,7 +147,7 @@ def test_paintings_from_zips_downloaded_by_hand_use_only_the_chosen_parts(artifa
 
     first, summary, splits, _ = prepare(dataset="paintings", source=str(manual), paintings_parts=[1, 3])
     assert sorted(splits) == [f"train_{part}/{part}{number}.jpg" for part in (1, 3) for number in range(4)]
-    assert splits == {path: sources.hash_split(path, 0.1, 0.1) for path in splits}
+    assert splits == {path: datasets.hash_split(path, 0.1, 0.1) for path in splits}
     assert summary["split"] == "path hash"
 
     second, _, more_splits, _ = prepare(dataset="paintings", source=str(manual), paintings_parts=[1, 2, 3])
@@ -170,18 +169,70 @@ def test_the_offline_sample_is_split_by_photograph(artifact_root):
     for path, split in splits.items():
         photo_splits.setdefault(path.split("/")[0], set()).add(split)
     assert all(len(found) == 1 for found in photo_splits.values())  # no photograph is in two splits
-    assert {photo for photo, found in photo_splits.items() if found != {"train"}} == set(sources.SAMPLE_SPLIT)
-    assert {photo: found.pop() for photo, found in photo_splits.items() if photo in sources.SAMPLE_SPLIT} == \
-        sources.SAMPLE_SPLIT
+    assert {photo for photo, found in photo_splits.items() if found != {"train"}} == set(sample.SPLIT)
+    assert {photo: found.pop() for photo, found in photo_splits.items() if photo in sample.SPLIT} == \
+        sample.SPLIT
     assert summary["split"] == "official"
-    crops = sources.SAMPLE_CROPS_PER_PHOTO
-    assert summary["split_counts"] == {"train": crops * (len(sources.SAMPLE_PHOTOS) - 3), "val": crops,
+    crops = sample.CROPS_PER_PHOTO
+    assert summary["split_counts"] == {"train": crops * (len(sample.PHOTOS) - 3), "val": crops,
                                        "test": 2 * crops}
 
 
 def test_source_is_refused_where_the_dataset_takes_none(tmp_path):
     with pytest.raises(ValueError, match="dataset=flowers takes no source"):
         PrepareImages(dataset="flowers", source=str(tmp_path))
+
+
+def test_an_unknown_dataset_is_refused_with_the_known_names():
+    with pytest.raises(ValueError, match="unknown dataset='flower'; choose one of sample, folder, flowers, .*register"):
+        PrepareImages(dataset="flower")
+
+
+def test_a_setting_the_dataset_does_not_read_is_refused(settings):
+    settings("flowers", image_url="https://mirror.example/102flowers.tgz")
+    with pytest.raises(ValueError, match=r"luigi.cfg \[flowers\] has an unknown setting 'image_url'; .*images_url"):
+        PrepareImages(dataset="flowers")
+
+
+class Toy(datasets.DatasetSpec):
+    """A few generated images with a split of their own: all that a new dataset needs."""
+
+    name = "toy"
+    description = "generated pictures"
+    official_split = True
+    settings = {"count": "5"}
+
+    def resolve(self, request):
+        folder = request.download_dir / "toy"
+        folder.mkdir(parents=True, exist_ok=True)
+        for number in range(int(request.settings["count"])):
+            (folder / f"{number}.jpg").write_bytes(jpeg_bytes(number))
+        files = datasets.files_below(folder)
+        return datasets.Source(str(folder), files, {name: datasets.SPLITS[int(name[0]) % 3] for name in files})
+
+    def fingerprint(self, request):
+        return f"toy v1, {request.settings['count']} pictures"
+
+
+@pytest.fixture
+def toy_dataset():
+    datasets.register(Toy())
+    yield
+    datasets.unregister("toy")
+
+
+def test_a_new_dataset_is_one_registered_spec(artifact_root, settings, toy_dataset):
+    settings("toy", count=7)
+    task, summary, splits, reasons = prepare(dataset="toy", shard_size=2)
+    assert splits == {f"{number}.jpg": ("train", "val", "test")[number % 3] for number in range(7)}
+    assert not reasons
+    assert (summary["files"], summary["kept"], summary["split"]) == (7, 7, "official")
+    assert summary["split_counts"] == {"train": 3, "val": 2, "test": 2}
+    shards = sorted(pd.read_csv(task.path("images.csv"))["shard"].unique())
+    assert shards == ["shards/test-00000.npy", "shards/train-00000.npy", "shards/train-00001.npy",
+                      "shards/val-00000.npy"]
+    assert [len(array) for array in task.split_arrays("train")] == [2, 1]
+    assert storage.read_json(task.path("manifest.json"))["config"]["dataset_settings"] == {"count": "7"}
 
 
 def test_awkward_files_are_each_kept_or_rejected_with_a_reason(artifact_root, tmp_path):
@@ -207,17 +258,6 @@ def test_awkward_files_are_each_kept_or_rejected_with_a_reason(artifact_root, tm
     assert reasons["tiny.png"].startswith("too small: 8x8")
 
 
-@pytest.mark.parametrize("max_pixels, reason", [(100_000_000, "cannot decode"), (99_999_999, "decompression bomb")])
-def test_pixel_limit_in_the_workers_is_exactly_max_pixels(tmp_path, max_pixels, reason):
-    # 10,000 x 10,000 is above Pillow's default limit (about 89M pixels); the header-only
-    # file fails as truncated once a limit lets it through to decoding.
-    (tmp_path / "huge.png").write_bytes(png_header_only(10_000, 10_000))
-    limit_here = Image.MAX_IMAGE_PIXELS
-    [result] = ingest_folder(str(tmp_path), ["huge.png"], DecodeSettings(16, max_pixels), workers=1)
-    assert result.reason.startswith(reason), result.reason
-    assert Image.MAX_IMAGE_PIXELS == limit_here
-
-
 @pytest.mark.parametrize("broken, limit, message", [
     (2, 0.3, r"2 of 5 files rejected \(40%\), above max_rejected_fraction=0.3"),
     (2, 0.5, None),
@@ -238,45 +278,3 @@ def test_rejections_fail_the_task_above_the_threshold_or_when_nothing_is_left(ar
     else:
         assert re.search(message, failure(task, caplog))
     assert len(pd.read_csv(task.path("rejected.csv"))) == broken
-
-
-def folder_of_good_and_bad_files(folder, count):
-    """count files, every third one not an image; the good ones' expected pixels by name."""
-    folder.mkdir()
-    expected = {}
-    for number in range(count):
-        name = f"file-{number:02d}.jpg"
-        if number % 3 == 2:
-            (folder / name).write_text("not a picture")
-            continue
-        data = jpeg_bytes(number, size=(30 + number, 20))
-        (folder / name).write_bytes(data)
-        expected[name] = decode_image(data, 16, 10_000_000).transpose(2, 0, 1)
-    return sorted(os.listdir(folder)), expected
-
-
-def assert_ingested(results, paths, expected):
-    assert [result.relative_path for result in results] == paths
-    for result in results:
-        if result.relative_path in expected:
-            assert not result.reason
-            np.testing.assert_array_equal(result.image, expected[result.relative_path])
-        else:
-            assert result.image is None and result.reason.startswith("not an image"), result
-
-
-def test_results_keep_their_order_and_pixels_when_the_shared_slots_are_reused(tmp_path, monkeypatch):
-    # Two blocks of two slots for eleven files: every block is written over several times.
-    monkeypatch.setattr(ingest, "CHUNK_SIZE", 2)
-    monkeypatch.setattr(ingest, "CHUNKS_IN_FLIGHT_PER_WORKER", 1)
-    paths, expected = folder_of_good_and_bad_files(tmp_path / "files", 11)
-    results = list(ingest_folder(str(tmp_path / "files"), paths, DecodeSettings(16, 10_000_000), workers=2))
-    assert_ingested(results, paths, expected)
-
-
-def test_spawned_workers_where_there_is_no_fork(tmp_path, monkeypatch):
-    # Windows has no fork: the shared slots must then be inherited by spawned workers.
-    monkeypatch.setattr(ingest, "_pool_context", lambda: multiprocessing.get_context("spawn"))
-    paths, expected = folder_of_good_and_bad_files(tmp_path / "files", 5)
-    results = list(ingest_folder(str(tmp_path / "files"), paths, DecodeSettings(16, 10_000_000), workers=1))
-    assert_ingested(results, paths, expected)

@@ -19,10 +19,13 @@ import requests
 import scipy.io
 from PIL import Image
 
-from pipeline import downloads
-from pipeline.archives import UnsafeArchive
-from pipeline.downloads import (DownloadError, digits_split, fetch_celeba, fetch_digits, fetch_flowers,
-                                fetch_paintings, fetch_url, read_celeba_partition, read_flowers_splits)
+from pipeline.datasets import celeba
+from pipeline.datasets.archives import UnsafeArchive
+from pipeline.datasets.celeba import CelebA, fetch_celeba, read_celeba_partition
+from pipeline.datasets.digits import digits_split, fetch_digits
+from pipeline.datasets.fetch import DownloadError, fetch_url
+from pipeline.datasets.flowers import fetch_flowers, read_flowers_splits
+from pipeline.datasets.paintings import Paintings, fetch_paintings
 
 
 def md5_of(data):
@@ -301,7 +304,7 @@ def test_fetch_digits_refuses_a_file_that_is_not_idx_images(server, tmp_path):
 
 CELEBA_ZIP = zip_bytes({f"img_align_celeba/{number:06d}.jpg": tiny_jpeg(number) for number in range(1, 5)})
 CELEBA_PARTITION = b"000001.jpg 0\n000002.jpg 0\n000003.jpg 1\n000004.jpg 2\n"
-CELEBA_CHECKSUMS = {"md5": md5_of(CELEBA_ZIP), "partition_md5": md5_of(CELEBA_PARTITION)}
+CELEBA_SETTINGS = {**CelebA.settings, "md5": md5_of(CELEBA_ZIP), "partition_md5": md5_of(CELEBA_PARTITION)}
 
 
 @pytest.fixture
@@ -315,7 +318,7 @@ def celeba_source(tmp_path):
 
 def test_fetch_celeba_from_source_folder(celeba_source, tmp_path):
     dest = tmp_path / "celeba"
-    images_dir = fetch_celeba(dest, source=celeba_source, **CELEBA_CHECKSUMS)
+    images_dir = fetch_celeba(dest, source=celeba_source, **CELEBA_SETTINGS)
     assert images_dir == dest / "img_align_celeba"
     assert sorted(os.listdir(images_dir)) == ["000001.jpg", "000002.jpg", "000003.jpg", "000004.jpg"]
     assert read_celeba_partition(dest / "list_eval_partition.txt") == {
@@ -325,16 +328,16 @@ def test_fetch_celeba_from_source_folder(celeba_source, tmp_path):
 def test_fetch_celeba_source_missing_files_explained(celeba_source, tmp_path):
     (celeba_source / "img_align_celeba.zip").unlink()
     with pytest.raises(DownloadError) as failure:
-        fetch_celeba(tmp_path / "celeba", source=celeba_source, **CELEBA_CHECKSUMS)
+        fetch_celeba(tmp_path / "celeba", source=celeba_source, **CELEBA_SETTINGS)
     message = str(failure.value)
     assert "lacks img_align_celeba.zip" in message
-    assert downloads.CELEBA_PAGE in message and "source" in message
+    assert celeba.PAGE in message and "source" in message
 
 
 def test_fetch_celeba_source_with_wrong_checksum_explained(celeba_source, tmp_path):
     (celeba_source / "img_align_celeba.zip").write_bytes(CELEBA_ZIP[:-10])
     with pytest.raises(DownloadError, match="img_align_celeba.zip has md5 .*Download it again"):
-        fetch_celeba(tmp_path / "celeba", source=celeba_source, **CELEBA_CHECKSUMS)
+        fetch_celeba(tmp_path / "celeba", source=celeba_source, **CELEBA_SETTINGS)
 
 
 def fake_gdown(monkeypatch, behaviour):
@@ -359,7 +362,7 @@ def test_fetch_celeba_from_google_drive_verifies_and_skips_on_rerun(monkeypatch,
         return output
 
     calls = fake_gdown(monkeypatch, write_file)
-    options = dict(file_id="images-id", partition_file_id="partition-id", **CELEBA_CHECKSUMS)
+    options = {**CELEBA_SETTINGS, "file_id": "images-id", "partition_file_id": "partition-id"}
     images_dir = fetch_celeba(tmp_path, **options)
     fetch_celeba(tmp_path, **options)
     assert calls == ["images-id", "partition-id"]
@@ -376,7 +379,7 @@ def test_fetch_celeba_drive_quota_points_to_manual_download(monkeypatch, tmp_pat
 
     fake_gdown(monkeypatch, refuse)
     with pytest.raises(DownloadError) as failure:
-        fetch_celeba(tmp_path, **CELEBA_CHECKSUMS)
+        fetch_celeba(tmp_path, **CELEBA_SETTINGS)
     message = str(failure.value)
     assert "quota" in message and "by hand" in message and "pass that folder as source" in message
     assert os.listdir(tmp_path) == []
@@ -390,7 +393,7 @@ def test_fetch_celeba_drive_wrong_content_is_not_kept(monkeypatch, tmp_path):
 
     fake_gdown(monkeypatch, quota_page)
     with pytest.raises(DownloadError, match="has md5 .*pass that folder as source"):
-        fetch_celeba(tmp_path, **CELEBA_CHECKSUMS)
+        fetch_celeba(tmp_path, **CELEBA_SETTINGS)
     assert os.listdir(tmp_path) == []
 
 
@@ -407,6 +410,7 @@ def painting_zip(part):
 
 
 SECRET_KEY = "s3cr3t-kaggle-key-0123456789"
+COMPETITION = Paintings.settings["competition"]
 
 
 @pytest.fixture
@@ -425,27 +429,27 @@ def test_fetch_paintings_from_source_folder(tmp_path):
     source.mkdir()
     for part in (1, 2):
         (source / f"train_{part}.zip").write_bytes(painting_zip(part))
-    images_dir = fetch_paintings(tmp_path / "paintings_data", source=source, parts=(1, 2))
+    images_dir = fetch_paintings(tmp_path / "paintings_data", source=source, parts=(1, 2), competition=COMPETITION)
     found = sorted(str(path.relative_to(images_dir)) for path in images_dir.rglob("*.jpg"))
     assert found == [f"train_{part}/{part}{number}.jpg" for part in (1, 2) for number in range(3)]
 
 
 def test_fetch_paintings_source_missing_part_explained(tmp_path):
     with pytest.raises(DownloadError, match="lacks train_3.zip.*kaggle.com/c/painter-by-numbers/data"):
-        fetch_paintings(tmp_path / "dest", source=tmp_path, parts=(3,))
+        fetch_paintings(tmp_path / "dest", source=tmp_path, parts=(3,), competition=COMPETITION)
 
 
 @pytest.mark.parametrize("parts", [(), (0,), (10,), ("1",)])
 def test_fetch_paintings_rejects_unknown_parts(tmp_path, parts):
     with pytest.raises(DownloadError, match="numbered 1 to 9"):
-        fetch_paintings(tmp_path, source=tmp_path, parts=parts)
+        fetch_paintings(tmp_path, source=tmp_path, parts=parts, competition=COMPETITION)
 
 
 def test_kaggle_missing_credentials_explained_without_importing_kaggle(no_kaggle_credentials, monkeypatch,
                                                                        tmp_path):
     monkeypatch.delitem(sys.modules, "kaggle", raising=False)
     with pytest.raises(DownloadError) as failure:
-        fetch_paintings(tmp_path / "dest")
+        fetch_paintings(tmp_path / "dest", competition=COMPETITION)
     message = str(failure.value)
     assert "No Kaggle credentials" in message
     assert "~/.kaggle/kaggle.json" in message and "KAGGLE_USERNAME" in message and "KAGGLE_KEY" in message
@@ -478,8 +482,8 @@ def test_kaggle_download_with_credentials_file(no_kaggle_credentials, monkeypatc
 
     calls = install_fake_kaggle(monkeypatch, deliver)
     dest = tmp_path / "dest"
-    images_dir = fetch_paintings(dest, parts=(1, 2))
-    fetch_paintings(dest, parts=(1, 2))
+    images_dir = fetch_paintings(dest, parts=(1, 2), competition=COMPETITION)
+    fetch_paintings(dest, parts=(1, 2), competition=COMPETITION)
     assert calls == [("painter-by-numbers", "train_1.zip"), ("painter-by-numbers", "train_2.zip")]
     assert len(list(images_dir.rglob("*.jpg"))) == 6
     assert sorted(os.listdir(dest)) == [".train_1.zip.extracted", ".train_2.zip.extracted",
@@ -500,7 +504,7 @@ def test_kaggle_forbidden_asks_to_accept_rules_and_hides_credentials(no_kaggle_c
     install_fake_kaggle(monkeypatch, forbid)
     caplog.set_level(logging.DEBUG)
     with pytest.raises(DownloadError) as failure:
-        fetch_paintings(tmp_path / "dest")
+        fetch_paintings(tmp_path / "dest", competition=COMPETITION)
     assert "https://www.kaggle.com/c/painter-by-numbers/rules" in str(failure.value)
     report = "".join(traceback.format_exception(failure.value))
     assert SECRET_KEY not in report
@@ -517,7 +521,7 @@ def test_kaggle_truncated_delivery_is_not_kept(no_kaggle_credentials, monkeypatc
 
     install_fake_kaggle(monkeypatch, deliver_half)
     with pytest.raises(DownloadError, match="did not deliver a complete train_1.zip"):
-        fetch_paintings(tmp_path / "dest")
+        fetch_paintings(tmp_path / "dest", competition=COMPETITION)
     assert os.listdir(tmp_path / "dest") == []
 
 
@@ -530,5 +534,5 @@ def test_kaggle_rejected_credentials_explained(no_kaggle_credentials, monkeypatc
 
     monkeypatch.setitem(sys.modules, "kaggle", types.SimpleNamespace(KaggleApi=RejectingKaggleApi))
     with pytest.raises(DownloadError, match="did not accept the credentials") as failure:
-        fetch_paintings(tmp_path / "dest")
+        fetch_paintings(tmp_path / "dest", competition=COMPETITION)
     assert SECRET_KEY not in str(failure.value)

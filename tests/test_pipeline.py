@@ -16,9 +16,9 @@ from PIL import Image
 
 import pipeline
 from pipeline.artifacts import storage
-from pipeline.tasks.base import ArtifactTask
 from pipeline.artifacts.checkpoints import list_checkpoints, recorded_checksum
-from pipeline.imagefiles import decode_image
+from pipeline.ingestion.decode import decode_image
+from pipeline.tasks.base import ArtifactTask
 from pipeline.training.loops import GRID_TAG
 from tests.conftest import (TINY, cli_args, flip_tensor_byte, kill_after_first_checkpoint, logged_steps, make_images,
                             read_events, resumed_steps, run_luigi, write_config)

@@ -272,7 +272,7 @@ def checkpoint_path(root: str, spec: str) -> str:
 
 
 def model_state(path: str, device: torch.device, network: str) -> dict:
-    """The state saved at path, which must hold `network`; checked as pipeline.checkpoints.load_state checks."""
+    """The state saved at path, which must hold `network`; checked as pipeline.artifacts.checkpoints.load_state checks."""
     state = load_state(path, device)
     networks = state.get("networks", {})
     if network not in networks:

@@ -24,7 +24,7 @@ from ganmodels.dcgan.sampling import generate, slerp
 from ganmodels.rendering import loss_curves_png
 
 from ..artifacts import storage
-from ..imagefiles import RejectedImage, TooManyPixels, decode_full_size
+from ..ingestion.decode import RejectedImage, TooManyPixels, decode_full_size
 from ..infill import telea
 from ..artifacts.runs import (INPAINTER_FAMILIES, GENERATOR_FAMILIES, Run, UserError, ancestry, explain, load_run,
                     loss_columns, run_names, runs_table, training_history)

@@ -17,7 +17,7 @@ from ..artifacts import storage
 from ..artifacts.checkpoints import FINAL_STATE, latest_checkpoint, load_state
 from ..training.loops import SNAPSHOT_DIRECTORY
 from .base import log
-from ..data import PrepareImages
+from .prepare import PrepareImages
 from .options import build_options, takes_options
 from .training import TrainingTask
 

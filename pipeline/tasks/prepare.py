@@ -1,6 +1,5 @@
 """The task that turns a source collection into training shards."""
 import collections
-import contextlib
 import dataclasses
 import io
 
@@ -9,12 +8,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import sources
-from .artifacts import storage
-from .tasks.base import ArtifactTask, cache_dir, log
-from .ingest import DecodeSettings, ingest_folder, usable_cores
-
-SPLITS = ("train", "val", "test")
+from .. import datasets
+from ..artifacts import storage
+from ..datasets import SPLITS
+from ..ingestion.pool import DecodeSettings, usable_cores
+from ..ingestion.shards import write_shards
+from .base import ArtifactTask, cache_dir, log
 
 
 def _read_csv(path: str) -> pd.DataFrame:
@@ -23,51 +22,7 @@ def _read_csv(path: str) -> pd.DataFrame:
 
 def splits_by_fraction(dataset: str, official_split: bool) -> bool:
     """Whether val_fraction and test_fraction decide the split, rather than the dataset's own."""
-    return not (official_split and dataset in sources.OFFICIAL_SPLIT_DATASETS)
-
-
-class _Shards:
-    """Kept images gathered per split and written shard_size at a time to shards/<split>-NNNNN.npy.
-
-    Each image is copied into its split's buffer as it arrives from the decoding workers,
-    so a shard is written from there without another copy, while the workers go on decoding.
-    """
-
-    def __init__(self, task: ArtifactTask, shard_size: int, image_shape: tuple[int, ...]):
-        self.task = task
-        self.buffers = {split: np.empty((shard_size, *image_shape), dtype=np.uint8) for split in SPLITS}
-        self.filled = dict.fromkeys(SPLITS, 0)
-        self.written = dict.fromkeys(SPLITS, 0)
-        self.train_channel_sums = np.zeros(image_shape[0], dtype=np.uint64)  # exact, for the mean pixel
-        self.train_pixels = 0
-
-    def add(self, split: str, image: np.ndarray) -> tuple[str, int]:
-        """(shard, row) where the image will be."""
-        place = (self._name(split), self.filled[split])
-        self.buffers[split][self.filled[split]] = image
-        self.filled[split] += 1
-        if self.filled[split] == len(self.buffers[split]):
-            self.flush(split)
-        return place
-
-    def flush(self, split: str) -> None:
-        """Write the split's images not yet written, if any, as a shard."""
-        if not self.filled[split]:
-            return
-        images = self.buffers[split][:self.filled[split]]
-        with self.task.open_write(self._name(split)) as file:
-            # What np.save writes; np.save itself copies the array into a bytes object first
-            # when the file is not a plain one (here it hashes as it writes).
-            np.lib.format.write_array_header_1_0(file, np.lib.format.header_data_from_array_1_0(images))
-            file.write(memoryview(images).cast("B"))
-        if split == "train":
-            self.train_channel_sums += images.sum(axis=(0, 2, 3), dtype=np.uint64)
-            self.train_pixels += images.shape[0] * images.shape[2] * images.shape[3]
-        self.filled[split] = 0
-        self.written[split] += 1
-
-    def _name(self, split: str) -> str:
-        return f"shards/{split}-{self.written[split]:05d}.npy"
+    return not (official_split and datasets.get(dataset).official_split)
 
 
 class PrepareImages(ArtifactTask):
@@ -82,11 +37,10 @@ class PrepareImages(ArtifactTask):
     shuffled copy is needed.
     """
 
-    dataset = luigi.ChoiceParameter(default="sample", choices=sources.DATASETS,
-                                    description="sample (offline), folder (source=DIR), flowers, celeba, "
-                                                "paintings or digits")
-    source = luigi.Parameter(default="", description="dataset=folder: directory of images; celeba, paintings: "
-                                                     "optional folder of archives downloaded by hand")
+    # A plain Parameter checked when the task is created: a registry lookup accepts datasets
+    # registered after this class is defined, which fixed choices would not.
+    dataset = luigi.Parameter(default="sample", description=datasets.describe())
+    source = luigi.Parameter(default="", description=datasets.describe_sources())
     paintings_parts = luigi.ListParameter(default=[1], description="Which of Painter by Numbers' train_1.zip "
                                                                    "... train_9.zip to use, e.g. [1,2]")
     image_size = luigi.IntParameter(default=64, description="Side in pixels of the square training images")
@@ -105,11 +59,11 @@ class PrepareImages(ArtifactTask):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        datasets.check(self.dataset, self.source)
         if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
             raise ValueError(f"need val_fraction, test_fraction >= 0 with a sum below 1, "
                              f"got {self.val_fraction} and {self.test_fraction}")
         self.decode_settings = DecodeSettings(self.image_size, self.max_pixels, self.reject_smaller)
-        sources.check_source(self.dataset, self.source)
         if not 0 <= self.max_rejected_fraction <= 1:
             raise ValueError(f"max_rejected_fraction must lie in [0, 1], got {self.max_rejected_fraction}")
         if self.decode_workers < 0:
@@ -120,64 +74,51 @@ class PrepareImages(ArtifactTask):
     def source_fingerprint(self) -> str | None:
         # A user's folder can gain or lose files under the same path, and a mirror can serve
         # other files: a new listing or checksum means a new run.
-        return sources.fingerprint(self.dataset, self.source, self.paintings_parts)
+        return datasets.fingerprint(self.dataset, self.source, self.paintings_parts)
 
     def resolved_config(self) -> dict:
-        return {"decode": dataclasses.asdict(self.decode_settings), "dataset_settings": sources.settings(self.dataset)}
+        return {"decode": dataclasses.asdict(self.decode_settings), "dataset_settings": datasets.settings(self.dataset)}
 
     def build(self):
-        source = sources.resolve(self.dataset, self.source, self.paintings_parts)
+        source = datasets.resolve(self.dataset, self.source, self.paintings_parts)
         paths = source.files
         if not paths:
             raise ValueError(f"no files found in {source.folder}")
         official_split = (source.official_split or {}) if self.official_split else {}
-        split_of = {path: official_split.get(path) or sources.hash_split(path, self.val_fraction, self.test_fraction)
+        split_of = {path: official_split.get(path) or datasets.hash_split(path, self.val_fraction, self.test_fraction)
                     for path in paths}
         self.check_splits(collections.Counter(split_of.values()), "files", bool(official_split))
-        # Split by split, so that a split's last shard is written while the workers go on
-        # decoding the next split rather than after the last file.
-        paths = sorted(paths, key=lambda path: (SPLITS.index(split_of[path]), path))
-        kept_rows, rejected_rows, seen, previous_split = [], [], {}, None
-        shards = _Shards(self, self.shard_size, (3, self.image_size, self.image_size))
-        decoded = ingest_folder(source.folder, paths, self.decode_settings, self.decode_workers or usable_cores())
-        with contextlib.closing(decoded):  # stops the workers at once if anything here fails
-            for count, item in enumerate(tqdm(decoded, total=len(paths), desc="PrepareImages", unit="img"), 1):
-                split = split_of[item.relative_path]
-                if previous_split not in (None, split):
-                    shards.flush(previous_split)
-                previous_split = split
-                if item.image is None:
-                    rejected_rows.append((item.relative_path, item.reason))
-                elif item.sha256 in seen:
-                    rejected_rows.append((item.relative_path, f"duplicate: same bytes as {seen[item.sha256]}"))
-                else:
-                    seen[item.sha256] = item.relative_path
-                    kept_rows.append((item.relative_path, split, *shards.add(split, item.image), item.sha256))
-                if count % 256 == 0 or count == len(paths):
-                    self.report_progress(count / len(paths), f"decoded {count}/{len(paths)} files")
-        for split in SPLITS:
-            shards.flush(split)
+        with tqdm(total=len(paths), desc="PrepareImages", unit="img") as bar:
+            def progress(done: int) -> None:
+                bar.update()
+                if done % 256 == 0 or done == len(paths):
+                    self.report_progress(done / len(paths), f"decoded {done}/{len(paths)} files")
+
+            written = write_shards(source.folder, split_of, self.decode_settings,
+                                   self.decode_workers or usable_cores(), self.shard_size, self.open_write, progress)
 
         with self.open_write("images.csv") as file:
-            pd.DataFrame(kept_rows, columns=["relative_path", "split", "shard", "row", "sha256"]).to_csv(file, index=False)
-        rejected = pd.DataFrame(rejected_rows, columns=["relative_path", "reason"])
+            pd.DataFrame(written.kept, columns=["relative_path", "split", "shard", "row", "sha256"]).to_csv(
+                file, index=False)
+        rejected = pd.DataFrame(written.rejected, columns=["relative_path", "reason"])
         with self.open_write("rejected.csv") as file:
             rejected.to_csv(file, index=False)
 
-        if not kept_rows:
+        if not written.kept:
             raise RuntimeError(f"no usable images among {len(paths)} files in {source.folder}; "
                                f"see {self.path('rejected.csv')}")
-        rejected_share = len(rejected_rows) / len(paths)
+        rejected_share = len(written.rejected) / len(paths)
         if rejected_share > self.max_rejected_fraction:
-            raise RuntimeError(f"{len(rejected_rows)} of {len(paths)} files rejected ({rejected_share:.0%}), above "
+            raise RuntimeError(f"{len(written.rejected)} of {len(paths)} files rejected ({rejected_share:.0%}), above "
                                f"max_rejected_fraction={self.max_rejected_fraction}; see {self.path('rejected.csv')}")
-        counts = collections.Counter(row[1] for row in kept_rows)
+        counts = written.split_counts
         self.check_splits(counts, "kept images", bool(official_split))
-        mean_pixel = (shards.train_channel_sums / shards.train_pixels / 255).tolist()
+        mean_pixel = written.mean_pixel()
         self.write_json("mean_pixel.json", {"mean_pixel": mean_pixel, "range": "[0, 1], RGB"})
-        log.info("PrepareImages: kept %d, rejected %d of %d files", len(kept_rows), len(rejected_rows), len(paths))
-        return {"source_folder": source.folder, "files": len(paths), "kept": len(kept_rows),
-                "rejected": len(rejected_rows),
+        log.info("PrepareImages: kept %d, rejected %d of %d files",
+                 len(written.kept), len(written.rejected), len(paths))
+        return {"source_folder": source.folder, "files": len(paths), "kept": len(written.kept),
+                "rejected": len(written.rejected),
                 "rejected_by_kind": rejected["reason"].str.split(":").str[0].value_counts().to_dict(),
                 "split": "official" if official_split else "path hash",
                 "split_counts": {s: counts.get(s, 0) for s in SPLITS}, "mean_pixel": mean_pixel}

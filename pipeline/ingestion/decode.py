@@ -67,7 +67,7 @@ def decode_image(data: bytes, image_size: int, max_pixels: int, *,
     - Images over max_pixels are rejected from the header, before any pixel is decoded.
       Pillow's own decompression-bomb limit (the process-wide Image.MAX_IMAGE_PIXELS, not
       changed here) also rejects, so the effective limit is the lower of the two; the
-      ingestion worker processes set Pillow's limit to max_pixels (pipeline.ingest).
+      ingestion worker processes set Pillow's limit to max_pixels (pipeline.ingestion.pool).
     - Transparency (RGBA, LA, palette or colour-key transparency) is composited onto white.
     - 16-bit (and 32-bit integer "I") greyscale is scaled from 0..65535 to 0..255.
     - EXIF orientation is applied; animated files give their first frame.

@@ -8,8 +8,8 @@ import pytest
 import simplejpeg
 from PIL import Image, JpegImagePlugin
 
-from pipeline import imagefiles
-from pipeline.imagefiles import RejectedImage, content_hash, decode_image
+from pipeline.ingestion import decode
+from pipeline.ingestion.decode import RejectedImage, content_hash, decode_image
 
 IMAGE_SIZE = 32
 MAX_PIXELS = 10_000_000
@@ -206,15 +206,15 @@ def test_animated_gives_first_frame(awkward_folder, name):
 
 
 SIMD_MISSING = "cykooz-resizer is not installed on this platform"
-needs_simd_resizer = pytest.mark.skipif(imagefiles._SIMD_RESIZER is None, reason=SIMD_MISSING)
+needs_simd_resizer = pytest.mark.skipif(decode._SIMD_RESIZER is None, reason=SIMD_MISSING)
 
 
 @pytest.fixture(params=["simd", "pillow"])
 def resizer(request, monkeypatch):
     """The test runs with the SIMD Lanczos resizer (where it is installed) and with Pillow's alone."""
     if request.param == "pillow":
-        monkeypatch.setattr(imagefiles, "_SIMD_RESIZER", None)
-    elif imagefiles._SIMD_RESIZER is None:
+        monkeypatch.setattr(decode, "_SIMD_RESIZER", None)
+    elif decode._SIMD_RESIZER is None:
         pytest.skip(SIMD_MISSING)
     return request.param
 
@@ -328,7 +328,7 @@ def test_the_simd_resizer_gives_what_pillow_gives(monkeypatch, format):
     textured = np.asarray(smooth_photo(500, 375)) + rng.normal(0, 12, (375, 500, 3))
     data = encode(Image.fromarray(np.clip(textured, 0, 255).astype(np.uint8)), format)
     simd = decode_image(data, 128, MAX_PIXELS)
-    monkeypatch.setattr(imagefiles, "_SIMD_RESIZER", None)
+    monkeypatch.setattr(decode, "_SIMD_RESIZER", None)
     assert psnr(simd, decode_image(data, 128, MAX_PIXELS)) > 50
 
 

@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .imagefiles import RejectedImage, content_hash, decode_image
+from .decode import RejectedImage, content_hash, decode_image
 
 # Small enough that the workers finish together and progress moves steadily, large
 # enough that sending work and results costs little next to decoding.

@@ -31,10 +31,15 @@ def image_grid(images: Tensor, nrow: int) -> Image.Image:
     return to_pil_image(make_grid(to_uint8(images), nrow=nrow))
 
 
+def square_grid(images: Tensor) -> Image.Image:
+    """Images (N, C, H, W) in [0, 1] tiled in a near-square grid."""
+    return image_grid(images, nrow=math.ceil(math.sqrt(len(images))))
+
+
 def grid_png(images: Tensor) -> bytes:
-    """PNG bytes of images (N, C, H, W) in [0, 1] tiled in a near-square grid."""
+    """PNG bytes of square_grid."""
     buffer = io.BytesIO()
-    image_grid(images, nrow=math.ceil(math.sqrt(len(images)))).save(buffer, format="PNG")
+    square_grid(images).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

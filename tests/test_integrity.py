@@ -99,7 +99,7 @@ def test_a_changed_byte_in_any_file_a_task_reads_is_refused_by_name(trained, mon
         assert inject(path, read, rng, monkeypatch) == {"refused": TRIALS, "harmless": 0}, path
     # Resuming never starts from a changed checkpoint: it falls back to the one before.
     with changed_byte(checkpoints[-1], rng):
-        assert latest_checkpoint(trained) == checkpoints[-2]
+        assert latest_checkpoint(trained.directory, trained.get_task_family()) == checkpoints[-2]
 
 
 def test_a_changed_byte_in_a_manifest_or_a_checksum_file_is_refused_or_harmless(trained, monkeypatch):

@@ -50,14 +50,14 @@ def train_dcgan(job: TrainingJob, world: World, output: JobOutput) -> dict:
     """A DCGAN (options: training = ganmodels.dcgan.config.DCGANConfig); rank 0 writes the snapshot grids."""
     from ganmodels.dcgan.config import DCGANConfig
     from ganmodels.dcgan.training import train_dcgan as train
-    from ganmodels.rendering import grid_png, image_grid
+    from ganmodels.rendering import grid_png, square_grid
 
     config = DCGANConfig.from_dict(job.options["training"])
     start = _start(job, world)
 
     def on_snapshot(board: TrainingBoard, step: int, samples: torch.Tensor) -> None:
         output.write(snapshot_name(step), grid_png(samples))
-        board.image(SAMPLES_TAG, step, np.asarray(image_grid(samples, nrow=8)))
+        board.image(SAMPLES_TAG, step, np.asarray(square_grid(samples)))
 
     return _run(job, world, output, start["step"] if start else 0, lambda runtime, images, callbacks: train(
         config, images, start, runtime, world=world, **callbacks), on_snapshot=on_snapshot if world.is_main else None,

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 
 from pipeline import PrepareImages  # noqa: E402
 from pipeline.artifacts.storage import load_array  # noqa: E402
-from pipeline.tasks.base import cache_dir  # noqa: E402
+from pipeline.settings import cache_dir  # noqa: E402
 from pipeline.datasets import files_below  # noqa: E402
 from pipeline.ingestion.pool import usable_cores  # noqa: E402
 

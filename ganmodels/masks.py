@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .options import check_choices, option, require
+from .options import check_choices, option, require, required
 
 # Brush strokes in the spirit of DeepFill v2's free-form masks: a polyline of a few segments
 # that turns by a random angle at each vertex, drawn with a round brush. Lengths and widths are
@@ -27,7 +27,7 @@ class MaskConfig:
     [stroke_area_min, stroke_area_max]. `mixed` gives each image one kind or the other.
     """
 
-    image_size: int = option(64, "Side in pixels of the square training images")
+    image_size: int = required("Side in pixels of the square training images")
     mask_kind: str = option("mixed", "Training holes: box, strokes (free-form) or mixed", MASK_KINDS)
     hole_min: float = option(0.25, "Smallest box side, as a fraction of image_size")
     hole_max: float = option(0.5, "Largest box side, as a fraction of image_size")

@@ -26,6 +26,11 @@ def option(default: Any, help: str, choices: tuple = (), affects_result: bool = 
                                                         "affects_result": affects_result})
 
 
+def required(help: str) -> Any:
+    """A dataclass field without a default: a value the caller always has (the image size of its data)."""
+    return dataclasses.field(metadata={"help": help, "choices": (), "affects_result": True})
+
+
 def check_choices(options) -> None:
     """Refuse a str field whose value is not one of its declared choices."""
     for field in dataclasses.fields(options):

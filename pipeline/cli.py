@@ -26,7 +26,7 @@ from .infill import Inpainter
 from .artifacts.runs import (Run, UserError, ancestry, checkpoint_path, explain, find_run, human_size, load_run,
                    model_state, progress, runs_table, status, timestamp, upstream)
 from .studio import LOOPBACK_HOSTS
-from .tasks.base import artifact_root, cache_dir
+from .settings import artifact_root, cache_dir
 
 # The default network took about 0.45 GB per megapixel on the CPU (README): 16 megapixels
 # need about 8 GB; larger images are refused unless asked for.

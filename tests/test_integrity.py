@@ -15,7 +15,7 @@ import torch
 import pipeline
 from pipeline.artifacts import storage
 from pipeline.artifacts.checkpoints import FINAL_STATE, checksum_name, latest_checkpoint, list_checkpoints, load_state
-from pipeline.tasks.base import cache_dir
+from pipeline.settings import cache_dir
 from tests.test_s3 import WriteBlob, _blob, s3_root  # noqa: F401 (s3_root is a fixture)
 
 TRIALS = 16

@@ -9,7 +9,8 @@ import luigi
 import pytest
 
 from pipeline.artifacts import storage
-from pipeline.tasks.base import ArtifactTask, cache_dir
+from pipeline.settings import cache_dir
+from pipeline.tasks.base import ArtifactTask
 from tests.conftest import cli_args, logged_steps, make_images, read_events
 from tests.services import (BUCKET, CREDENTIALS, TEST_ENV, Relay, config_values, end_group, run_luigi,
                             s3_config, s3_key, s3_keys, start_luigi)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from pipeline.artifacts import storage
-from pipeline.tasks.base import cache_dir
+from pipeline.settings import cache_dir
 from pipeline.studio.app import TEST_IMAGES
 from pipeline.studio.models import Models
 from tests.conftest import REPO_ROOT

@@ -1,7 +1,7 @@
 """The options of a DCGAN training run; stored in every checkpoint, they rebuild its networks."""
 from dataclasses import asdict, dataclass
 
-from ..options import COLLAPSE_ACTIONS, check_choices, from_dict, option, require
+from ..options import COLLAPSE_ACTIONS, check_choices, from_dict, option, require, required
 
 SUPPORTED_IMAGE_SIZES = (32, 64, 128, 256)
 PROJECTIONS = ("linear", "conv")
@@ -19,7 +19,7 @@ class DCGANConfig:
     (itself following Radford et al. and Salimans et al.), except that real targets stop at
     1.0: BCE with a target above 1 has no minimum, it rewards ever larger real logits.
     """
-    image_size: int = option(64, "Side in pixels of the square training images")
+    image_size: int = required("Side in pixels of the square training images")
     steps: int = option(5000, "Training steps (one D and one G update each)")
     latent_size: int = option(100, "Size of the generator's latent vector")
     base_channels: int = option(64, "Channels of the first D / last G layer; deeper layers double them, up to 8x")

@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from ..masks import MaskConfig
-from ..options import COLLAPSE_ACTIONS, check_choices, from_dict, option, require
+from ..options import COLLAPSE_ACTIONS, check_choices, from_dict, option, require, required
 
 ARCHITECTURES = ("glcic", "infill")
 UPSAMPLING = ("transpose", "resize")
@@ -26,8 +26,8 @@ DISCRIMINATOR_BETAS = (0.5, 0.999)
 class ModelConfig:
     """Which inpainting networks to build, and how wide."""
 
+    image_size: int = required("Side in pixels of the square training images")
     arch: str = option("glcic", "glcic (paper) or infill (small)", ARCHITECTURES)
-    image_size: int = option(64, "Side in pixels of the square training images")
     width: float = option(0.25, "Channel multiplier of both networks; 1.0 is the paper's channel count")
     upsample: str = option("resize", "Decoder upsampling: resize (nearest + conv, no checkerboard) or "
                                      "transpose (paper)", UPSAMPLING)

@@ -18,6 +18,7 @@ import luigi
 from luigi.task import flatten
 
 from ..artifacts import storage
+from ..settings import artifact_root
 
 log = logging.getLogger("luigi-interface")
 
@@ -33,24 +34,6 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return versions
-
-
-class artifacts(luigi.Config):
-    """`[artifacts]` section of luigi.cfg (or --artifacts-root on the command line)."""
-
-    root = luigi.Parameter(default="./artifacts",
-                           description="Directory or s3://bucket/prefix under which every task writes its output")
-    cache_dir = luigi.Parameter(default="~/.cache/gan-pipeline",
-                                description="Local copies of files read from S3, checked against their manifest")
-
-
-def artifact_root() -> str:
-    """The artifact root in force, the one place the task layer reads it; everything below is given it."""
-    return storage.resolve_root(artifacts().root)
-
-
-def cache_dir() -> str:
-    return artifacts().cache_dir
 
 
 class ArtifactTask(luigi.Task):

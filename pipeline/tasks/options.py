@@ -28,16 +28,20 @@ def parameter(field: dataclasses.Field) -> luigi.Parameter:
     return _PARAMETER_TYPES[field.type](**common)
 
 
-def takes_options(*option_classes, exclude: tuple[str, ...] = ()):
+def takes_options(*option_classes):
     """A class decorator adding a parameter for every field of the option classes that the task
-    (or a task it inherits from) does not declare already."""
+    (or a task it inherits from) does not declare already; a field without a default (the image
+    size, which the data decides) must be declared already."""
     def decorate(task_class):
         for option_class in option_classes:
             for field in dataclasses.fields(option_class):
-                if field.name not in exclude and not isinstance(getattr(task_class, field.name, None), luigi.Parameter):
-                    generated = parameter(field)
-                    generated.__set_name__(task_class, field.name)  # what a class body's assignment does
-                    setattr(task_class, field.name, generated)
+                if isinstance(getattr(task_class, field.name, None), luigi.Parameter):
+                    continue
+                if field.default is dataclasses.MISSING:
+                    raise TypeError(f"{task_class.__name__} must declare {field.name}, which has no default")
+                generated = parameter(field)
+                generated.__set_name__(task_class, field.name)  # what a class body's assignment does
+                setattr(task_class, field.name, generated)
         return task_class
     return decorate
 

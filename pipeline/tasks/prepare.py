@@ -13,7 +13,8 @@ from ..artifacts import storage
 from ..datasets import SPLITS
 from ..ingestion.pool import DecodeSettings, usable_cores
 from ..ingestion.shards import write_shards
-from .base import ArtifactTask, cache_dir, log
+from ..settings import cache_dir
+from .base import ArtifactTask, log
 
 
 def _read_csv(path: str) -> pd.DataFrame:

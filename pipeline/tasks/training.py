@@ -8,9 +8,10 @@ import luigi
 from ganmodels.runtime import RuntimeOptions
 
 from ..artifacts.checkpoints import list_checkpoints
+from ..settings import cache_dir
 from ..training.job import TrainingJob
 from ..training.launch import Placement, run_training
-from .base import ArtifactTask, cache_dir
+from .base import ArtifactTask
 from .options import build_options, takes_options
 
 TRAINING_OPTIONS = "training_options.json"

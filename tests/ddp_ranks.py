@@ -12,12 +12,17 @@ from ganmodels.runtime import Runtime
 from ganmodels.world import join_world, leave_world
 
 
-def train_two_ranks(rank: int, port: int, results):
+def _rank_of_two(rank: int, port: int):
+    """Join a gloo world of two processes as `rank`; with the images both ranks train on."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    world = join_world("cpu")
     bank = ImageBank([np.random.default_rng(0).integers(0, 256, (40, 3, 32, 32), dtype=np.uint8)], "cpu")
+    return join_world("cpu"), bank
+
+
+def train_two_ranks(rank: int, port: int, results):
+    world, bank = _rank_of_two(rank, port)
     state = None
     for phase in (1, 2, 3):
         options = PhaseOptions.from_settings(phase, image_size=32, width=0.125, batch_size=4, checkpoint_every=2,
@@ -38,11 +43,7 @@ def train_dcgan_two_ranks(rank: int, port: int, results):
     from ganmodels.dcgan.config import DCGANConfig
     from ganmodels.dcgan.training import train_dcgan
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    world = join_world("cpu")
-    bank = ImageBank([np.random.default_rng(0).integers(0, 256, (40, 3, 32, 32), dtype=np.uint8)], "cpu")
+    world, bank = _rank_of_two(rank, port)
     config = DCGANConfig(image_size=32, latent_size=8, base_channels=4, batch_size=8, steps=4, log_every=2,
                          checkpoint_every=2, fixed_latent_count=4, ema_decay=0.5)
     samplers, logs = [], []

@@ -116,8 +116,7 @@ class TrainDCGAN(TrainingTask):
     def build(self):
         result = self.train(train_shards=self.requires().split_paths("train"),
                             start=latest_checkpoint(self.directory, self.get_task_family()), final_state=FINAL_STATE)
-        history = result["history"]
-        self.write_metrics(history)
+        self.write_metrics(result["history"])
         self.stop_if_collapsed(result)
         generator = generator_from_state(load_state(self.path(FINAL_STATE)))  # the EMA weights, if any
         self.write_renders(generator)
@@ -125,6 +124,5 @@ class TrainDCGAN(TrainingTask):
         if quality:
             log.info("%s: patch SWD of %d samples against held-out images %.2f (training images: %.2f)",
                      self.get_task_family(), quality["swd_images"], quality["swd_samples"], quality["swd_train_images"])
-        return {"steps": result["step"], "device": result["device"], "world_size": result["world_size"],
-                "ema": self.options.ema_decay > 0,
-                "snapshots": len(self.snapshot_names()), "last_log": history[-1] if history else {}, **quality}
+        return {**self.summary(result), "ema": self.options.ema_decay > 0, "snapshots": len(self.snapshot_names()),
+                **quality}

@@ -77,10 +77,7 @@ class PretrainCompletion(TrainingTask):
         with self.open_write("history.csv") as file:
             pd.DataFrame(result["history"]).to_csv(file, index=False)
         self.stop_if_collapsed(result)
-        last = result["history"][-1] if result["history"] else {}
-        return {"steps": result["step"], "device": result["device"], "world_size": result["world_size"],
-                "runtime": result["runtime"], "data_on_device": result["data_on_device"],
-                "last_log": last}
+        return self.summary(result)
 
 
 @takes_options(*OPTION_CLASSES[2])

@@ -83,6 +83,14 @@ class TrainingTask(ArtifactTask):
                               settings.master_port)
         return run_training(job, placement, on_log=self.log_row, on_file=self.adopt_file)
 
+    @staticmethod
+    def summary(result: dict) -> dict:
+        """What the manifest records of a finished training: where and how it ran, and its last log row."""
+        history = result["history"]
+        return {"steps": result["step"], "device": result["device"], "world_size": result["world_size"],
+                "runtime": result["runtime"], "data_on_device": result["data_on_device"],
+                "last_log": history[-1] if history else {}}
+
     def stop_if_collapsed(self, result: dict) -> None:
         """Fail, naming the checkpoint kept, when the collapse watch stopped the run."""
         if not result["stopped_reason"]:

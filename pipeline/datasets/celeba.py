@@ -3,7 +3,7 @@ files downloaded by hand, with the published train/val/test partition."""
 import os
 from pathlib import Path
 
-from . import OPTIONAL_SOURCE, DatasetSpec, Request, Source, files_below
+from .registry import OPTIONAL_SOURCE, DatasetSpec, Request, Source, files_below
 from .fetch import DownloadError, copy_verified, extract_once, keep_if_verified, require_folder, require_md5
 
 PAGE = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"

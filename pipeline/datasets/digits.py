@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import DatasetSpec, Request, Source, files_below
+from .registry import DatasetSpec, Request, Source, files_below
 from .fetch import DownloadError, fetch_url, files_identity, marked
 
 logger = logging.getLogger(__name__)

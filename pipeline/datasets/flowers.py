@@ -3,7 +3,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import DatasetSpec, Request, Source, files_below
+from .registry import DatasetSpec, Request, Source, files_below
 from .fetch import DownloadError, extract_once, fetch_url, require_folder
 
 IMAGES = "102flowers.tgz"

@@ -2,7 +2,7 @@
 import hashlib
 import os
 
-from . import REQUIRED_SOURCE, DatasetSpec, Request, Source, files_below
+from .registry import REQUIRED_SOURCE, DatasetSpec, Request, Source, files_below
 
 
 class Folder(DatasetSpec):

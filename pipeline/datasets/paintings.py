@@ -2,7 +2,7 @@
 credentials or taken from the zips downloaded by hand."""
 from pathlib import Path
 
-from . import OPTIONAL_SOURCE, DatasetSpec, Request, Source, files_below
+from .registry import OPTIONAL_SOURCE, DatasetSpec, Request, Source, files_below
 from .fetch import DownloadError, extract_once
 from .kaggle_download import download_competition_files
 

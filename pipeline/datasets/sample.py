@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import DatasetSpec, Request, Source, files_below
+from .registry import DatasetSpec, Request, Source, files_below
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "retina",
           "rocket", "camera", "coins", "brick", "grass", "gravel", "moon")

@@ -7,7 +7,7 @@ from typing import Callable, ContextManager, Mapping
 
 import numpy as np
 
-from ..datasets import SPLITS
+from ..datasets.registry import SPLITS
 from .pool import DecodeSettings, ingest_folder
 
 

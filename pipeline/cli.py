@@ -1,7 +1,7 @@
 """`python -m pipeline COMMAND`: inspect the runs under the artifact root and use trained models.
 
 Every artifact is read through `storage`, so a local root and an s3:// root behave alike;
-pipeline.runs is the model of the runs that these commands, the report and the studio share.
+pipeline.artifacts.runs is the model of the runs that these commands, the report and the studio share.
 """
 import argparse
 import datetime

@@ -136,7 +136,7 @@ def write_report(run, chain: list, out: str) -> str:
     """Write out/index.html and out/images/ for `run`; `chain` is the run and every run upstream of it.
 
     Runs are objects with name, family, parameters, summary, manifest and path(name), as
-    pipeline.runs.Run. Returns the path of index.html.
+    pipeline.artifacts.runs.Run. Returns the path of index.html.
     """
     os.makedirs(os.path.join(out, IMAGES), exist_ok=True)
     status = (f"complete, finished {pd.Timestamp(run.manifest['finished']):%Y-%m-%d %H:%M} UTC" if run.complete

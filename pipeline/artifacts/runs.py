@@ -17,7 +17,7 @@ import torch
 from . import storage
 from .checkpoints import CHECKPOINT_PATTERN, FINAL_STATE, load_state
 
-KEY_PARAMETERS = ("dataset", "image_size", "arch", "width", "phase", "steps",
+KEY_PARAMETERS = ("dataset", "image_size", "arch", "width", "base_channels", "phase", "steps",
                   "phase1_steps", "phase2_steps", "phase3_steps")
 MAX_KEY_METRICS = 4
 # Columns of a training log row that count or place it rather than measure it.

@@ -2,7 +2,7 @@
 
 Runs and their progress, a run's grids, curves, metrics and files, runs compared, and the
 trained models tried in the browser (inpainting with a brushed mask, DCGAN samples). It
-reads everything through pipeline.storage and pipeline.runs, like the CLI and the report,
+reads everything through pipeline.artifacts (storage, runs), like the CLI and the report,
 and serves its own pages, styles and scripts, so it works offline. Nothing on the training
 path imports it.
 """

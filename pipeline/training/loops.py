@@ -41,41 +41,50 @@ def train_inpainting(job: TrainingJob, world: World, output: JobOutput) -> dict:
     start = _start(job, world)
     resumed_from = start["step"] if start and start["config"]["phase"] == options.phase else 0
     draw_grid = _grid_drawer(job, options, world) if world.is_main else None
-    return _run(job, world, output, resumed_from, lambda runtime, images, callbacks: train_phase(
-        options, images, torch.tensor(job.mean_pixel), start, runtime, world=world, **callbacks),
-        on_checkpoint=lambda board, state: board.image(GRID_TAG, state["step"], draw_grid(state)) if draw_grid else None)
+
+    def train(runtime: Runtime, images, callbacks: dict) -> dict:
+        return train_phase(options, images, torch.tensor(job.mean_pixel), start, runtime, world=world, **callbacks)
+
+    def show_grid(board: TrainingBoard, state: dict) -> None:
+        if draw_grid:
+            board.image(GRID_TAG, state["step"], draw_grid(state))
+
+    return _run(job, world, output, resumed_from, train, at_checkpoint=show_grid)
 
 
 def train_dcgan(job: TrainingJob, world: World, output: JobOutput) -> dict:
     """A DCGAN (options: training = ganmodels.dcgan.config.DCGANConfig); rank 0 writes the snapshot grids."""
     from ganmodels.dcgan.config import DCGANConfig
-    from ganmodels.dcgan.training import train_dcgan as train
+    from ganmodels.dcgan.training import train_dcgan as train_dcgan_loop
     from ganmodels.rendering import grid_png, square_grid
 
     config = DCGANConfig.from_dict(job.options["training"])
     start = _start(job, world)
 
-    def on_snapshot(board: TrainingBoard, step: int, samples: torch.Tensor) -> None:
+    def train(runtime: Runtime, images, callbacks: dict) -> dict:
+        return train_dcgan_loop(config, images, start, runtime, world=world, **callbacks)
+
+    def snapshot(board: TrainingBoard, step: int, samples: torch.Tensor) -> None:
         output.write(snapshot_name(step), grid_png(samples))
         board.image(SAMPLES_TAG, step, np.asarray(square_grid(samples)))
 
-    return _run(job, world, output, start["step"] if start else 0, lambda runtime, images, callbacks: train(
-        config, images, start, runtime, world=world, **callbacks), on_snapshot=on_snapshot if world.is_main else None,
-        constants={"lr": config.lr})
+    return _run(job, world, output, start["step"] if start else 0, train,
+                on_snapshot=snapshot if world.is_main else None, constants={"lr": config.lr})
 
 
-def _run(job: TrainingJob, world: World, output: JobOutput, resumed_from: int, train, on_checkpoint=None,
+def _run(job: TrainingJob, world: World, output: JobOutput, resumed_from: int, train, at_checkpoint=None,
          on_snapshot=None, constants: dict | None = None) -> dict:
     """Feed the job's images to `train(runtime, images, callbacks)` with logging, checkpoints and
-    TensorBoard wired up; save the final state. A collapse stop keeps the last checkpoint, saves no
-    final state, and is reported in the summary with the history so far."""
+    TensorBoard wired up, `at_checkpoint(board, state)` at each checkpoint and at the end; save the
+    final state. A collapse stop keeps the last checkpoint, saves no final state, and is reported in
+    the summary with the history so far."""
     runtime = Runtime.resolve(str(world.device), RuntimeOptions(**job.options["runtime"]))
     images = training_images([storage.load_array(path, job.cache_dir) for path in job.train_shards], runtime)
     board = TrainingBoard(output, resumed_from)
 
     def checkpoint(state: dict) -> None:
-        if on_checkpoint:
-            on_checkpoint(board, state)
+        if at_checkpoint:
+            at_checkpoint(board, state)
         board.flush()
         output.checkpoint(state)
 
@@ -95,8 +104,8 @@ def _run(job: TrainingJob, world: World, output: JobOutput, resumed_from: int, t
     except BaseException:
         board.close(failed=True)
         raise
-    if on_checkpoint:
-        on_checkpoint(board, state)
+    if at_checkpoint:
+        at_checkpoint(board, state)
     board.close()
     output.save(job.final_state, state)
     return {**summary, "step": state["step"], "history": state["history"]}

@@ -11,7 +11,7 @@ then measures each final generator against held-out images with feature-free mea
   per pixel): are samples close to some real face? Lower is better.
 - nn_real_to_sample: mean distance from each held-out image to its nearest sample: are
   all kinds of face covered? Lower is better; a collapsed generator scores badly here.
-- diversity: monitoring.sample_diversity of the samples (held-out images give the target).
+- diversity: ganmodels.collapse.sample_diversity of the samples (held-out images give the target).
 
 The `real (train vs held-out)` row scores training images against the held-out ones: the
 best a generator can reach with this many samples.

@@ -44,7 +44,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, settings
 
 
-def use_root(root: str) -> None:
+def use_folders(root: str) -> None:
+    """The artifact root and the download folder of this run's in-process tasks."""
     config = luigi.configuration.get_config()
     for section, key, value in (("artifacts", "root", root), ("datasets", "download_dir", os.path.join(root, "downloads"))):
         if not config.has_section(section):
@@ -75,7 +76,7 @@ def main() -> None:
     parser.add_argument("--root", help="artifact root (default: a new temporary folder)")
     parser.add_argument("--out", help="write every figure to this JSON file too")
     args = parser.parse_args()
-    use_root(os.path.abspath(args.root or tempfile.mkdtemp(prefix="quality-")))
+    use_folders(os.path.abspath(args.root or tempfile.mkdtemp(prefix="quality-")))
     phases = [int(phase) for phase in args.phases.split(",")]
     variants = [parse_variant(text) for text in args.variant] or [("default", {})]
 

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 import pipeline
-from ganmodels.dcgan import training as dcgan_training
 from ganmodels.dcgan.sampling import generator_from_state
 from pipeline.artifacts import storage
 from pipeline.artifacts.checkpoints import list_checkpoints, load_state
@@ -19,7 +18,6 @@ from pipeline.tasks.training import TrainingStopped
 from pipeline.training.loops import SAMPLES_TAG
 from tests.conftest import (cli_args, kill_after_first_checkpoint, logged_steps, make_images, read_events,
                             resumed_steps, run_luigi, write_config)
-from tests.test_dcgan import ConstantGenerator
 
 DATA = dict(dataset="folder", image_size=32, shard_size=16, decode_workers=1)
 TINY = dict(**DATA, base_channels=4, latent_size=8, batch_size=4, fixed_latent_count=4, sample_count=6,
@@ -94,9 +92,8 @@ def test_bad_parameters_are_refused_before_anything_runs(artifact_root, params, 
 
 
 def test_collapse_stop_fails_with_a_clear_message_and_keeps_the_last_good_checkpoint(
-        artifact_root, image_folder, monkeypatch, caplog):
-    # Grey constant fakes against coloured images: the discriminator wins within a few steps.
-    monkeypatch.setattr(dcgan_training, "Generator", ConstantGenerator)
+        artifact_root, image_folder, caplog):
+    # The tiny networks' discriminator soon pays less than the 0.7 floor on these few images.
     task = pipeline.TrainDCGAN(source=image_folder, **{**TINY, "batch_size": 16}, steps=1000, log_every=5,
                                checkpoint_every=10, snapshot_every=10, collapse_window=3,
                                collapse_diversity_floor=0, on_collapse="stop")

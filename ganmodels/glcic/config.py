@@ -183,6 +183,7 @@ class PhaseOptions:
     def from_settings(cls, phase: int, **settings) -> "PhaseOptions":
         """The options of `phase` from settings named as the tasks' parameters are (image_size sets
         both the model's and the masks'); the rest keep their defaults."""
+        require(phase in PHASES, f"phase must be one of {PHASES}, got {phase}")
         classes = [option_class for earlier in PHASES[:phase] for option_class in OPTION_CLASSES[earlier]]
         known = {field.name for option_class in classes for field in fields(option_class)}
         require(not (unknown := set(settings) - known), f"phase {phase} has no options {sorted(unknown)}")

@@ -21,8 +21,8 @@ from ..artifacts.checkpoints import FINAL_STATE, latest_checkpoint, load_state
 from ..evaluation import (EVALUATION_KINDS, GRID_IMAGES, baseline_fills, evaluate_fills, grid_masks, summarise,
                           weighted_measures)
 from .base import ArtifactTask, log
-from .prepare import PrepareImages, splits_by_fraction
 from .options import build_options, takes_options
+from .prepare import PrepareImages, splits_by_fraction
 from .training import TrainingTask
 
 

@@ -46,7 +46,7 @@ def grid_png(images: Tensor) -> bytes:
 @torch.no_grad()
 def inpainting_grid(completion: nn.Module, images: Tensor, mask: Tensor, mean_pixel: Tensor) -> Tensor:
     """A (3, H, W) grid in [0, 1] of images (N, 3, h, w) in [0, 1], one row each: masked input
-    (the holes filled as the network sees them) | completion | original."""
+    (the holes mean-filled) | completion | original."""
     from torchvision.utils import make_grid
 
     rows = torch.stack([fill_holes(images, mask, mean_pixel), complete(completion, images, mask, mean_pixel), images],
@@ -71,6 +71,17 @@ def animated_gif(gif_frames: list[Image.Image], duration_ms: int, loop: int = 0)
     return buffer.getvalue()
 
 
+def steps_across_phases(history: pandas.DataFrame) -> tuple[pandas.Series, list[float]]:
+    """Each row's step counted from the first phase's start, and where each later phase starts;
+    a history without phase and steps columns keeps its own steps."""
+    steps = history["step"].astype(float)
+    if "phase" not in history or "steps" not in history:
+        return steps, []
+    phase_lengths = history.groupby("phase")["steps"].max()
+    offsets = phase_lengths.cumsum() - phase_lengths
+    return steps + history["phase"].map(offsets), list(offsets.iloc[1:])
+
+
 def loss_curves_png(history: pandas.DataFrame, columns: list[str]) -> bytes:
     """PNG of one panel per column against the step; with phase and steps columns, the steps count
     across phases and each phase's start is dashed."""
@@ -79,12 +90,7 @@ def loss_curves_png(history: pandas.DataFrame, columns: list[str]) -> bytes:
     missing = [column for column in columns if column not in history.columns]
     if missing:
         raise ValueError(f"columns {missing} not in the history; it has {list(history.columns)}")
-    steps, starts = history["step"].astype(float), []
-    if "phase" in history and "steps" in history:
-        phase_lengths = history.groupby("phase")["steps"].max()
-        offsets = phase_lengths.cumsum() - phase_lengths
-        steps = steps + history["phase"].map(offsets)
-        starts = list(offsets.iloc[1:])
+    steps, starts = steps_across_phases(history)
     figure = Figure(figsize=(4 * len(columns), 3), layout="constrained")
     for axes, column in zip(figure.subplots(1, len(columns), squeeze=False, sharex=True)[0], columns):
         axes.plot(steps, history[column], marker=".")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ganmodels.rendering import animated_gif, image_grid, loss_curves_png, to_uint8
+from ganmodels.rendering import animated_gif, image_grid, loss_curves_png, steps_across_phases, to_uint8
 
 
 def test_image_grid_tiles_images_with_borders():
@@ -41,9 +41,12 @@ def test_loss_curves_png_is_a_png_of_one_panel_per_column_and_leaves_pyplot_alon
         assert image.format == "PNG" and image.size == (640, 240)
 
 
-def test_loss_curves_png_counts_steps_across_phases():
-    history = pandas.DataFrame({"phase": [1, 1, 2, 2], "step": [5, 10, 5, 10], "steps": [10, 10, 10, 10],
-                                "loss_d": [1.0, 0.9, 0.8, 0.7]})
+def test_steps_count_across_phases_and_each_later_phase_starts_where_the_one_before_ended():
+    history = pandas.DataFrame({"phase": [1, 1, 2, 3, 3], "step": [5, 10, 4, 10, 20], "steps": [10, 10, 4, 20, 20],
+                                "loss_d": [1.0, 0.9, 0.8, 0.7, 0.6]})
+    steps, starts = steps_across_phases(history)
+    assert steps.tolist() == [5, 10, 14, 24, 34] and starts == [10, 14]
+    assert steps_across_phases(history[["step", "loss_d"]])[0].tolist() == [5, 10, 4, 10, 20]
     with Image.open(io.BytesIO(loss_curves_png(history, ["loss_d"]))) as image:
         assert image.size == (320, 240)
 

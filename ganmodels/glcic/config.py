@@ -137,8 +137,9 @@ class PhaseOptions:
 
     @property
     def steps(self) -> int:
-        return {1: self.completion.phase1_steps, 2: self.discriminator and self.discriminator.phase2_steps,
-                3: self.joint and self.joint.phase3_steps}[self.phase]
+        if self.phase == 1:
+            return self.completion.phase1_steps
+        return self.discriminator.phase2_steps if self.phase == 2 else self.joint.phase3_steps
 
     @property
     def trains_completion(self) -> bool:
@@ -155,7 +156,7 @@ class PhaseOptions:
     def learning_rates(self, step: int) -> tuple[float, float]:
         """(completion, discriminator) rates for the update that follows `step` updates; 0 for a frozen network."""
         factor = self.lr_factor(step)
-        completion = {1: self.completion.lr_completion, 2: 0.0, 3: self.joint and self.joint.lr_joint}[self.phase]
+        completion = self.joint.lr_joint if self.joint else self.completion.lr_completion if self.phase == 1 else 0.0
         discriminator = self.discriminator.lr_discriminator if self.discriminator else 0.0
         return completion * factor, discriminator * factor
 

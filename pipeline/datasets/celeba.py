@@ -3,8 +3,8 @@ files downloaded by hand, with the published train/val/test partition."""
 import os
 from pathlib import Path
 
-from .registry import OPTIONAL_SOURCE, DatasetSpec, Request, Source, files_below
 from .fetch import DownloadError, copy_verified, extract_once, keep_if_verified, require_folder, require_md5
+from .registry import OPTIONAL_SOURCE, DatasetSpec, Request, Source, files_below
 
 PAGE = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 IMAGES = "img_align_celeba.zip"

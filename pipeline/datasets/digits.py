@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .registry import DatasetSpec, Request, Source, files_below
 from .fetch import DownloadError, fetch_url, files_identity, marked
+from .registry import DatasetSpec, Request, Source, files_below
 
 logger = logging.getLogger(__name__)
 

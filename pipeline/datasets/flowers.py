@@ -3,8 +3,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .registry import DatasetSpec, Request, Source, files_below
 from .fetch import DownloadError, extract_once, fetch_url, require_folder
+from .registry import DatasetSpec, Request, Source, files_below
 
 IMAGES = "102flowers.tgz"
 LABELS = "imagelabels.mat"

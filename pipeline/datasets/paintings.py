@@ -2,9 +2,9 @@
 credentials or taken from the zips downloaded by hand."""
 from pathlib import Path
 
-from .registry import OPTIONAL_SOURCE, DatasetSpec, Request, Source, files_below
 from .fetch import DownloadError, extract_once
 from .kaggle_download import download_competition_files
+from .registry import OPTIONAL_SOURCE, DatasetSpec, Request, Source, files_below
 
 PARTS = range(1, 10)
 

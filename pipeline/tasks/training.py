@@ -74,9 +74,10 @@ class TrainingTask(ArtifactTask):
     def train(self, **job_fields) -> dict:
         """Save training_options.json, run the job in child processes (this luigi worker never
         initialises CUDA) and return rank 0's final report."""
-        self.write_json(TRAINING_OPTIONS, self.training_options())
+        options = self.training_options()
+        self.write_json(TRAINING_OPTIONS, options)
         job = TrainingJob(task=self.task_id, directory=self.directory, kind=self.training_kind,
-                          options=self.training_options(), keep_checkpoints=self.keep_checkpoints,
+                          options=options, keep_checkpoints=self.keep_checkpoints,
                           cache_dir=cache_dir(), **job_fields)
         settings = distributed()
         placement = Placement(self.processes, self.nodes, self.device, settings.master_addr or socket.getfqdn(),

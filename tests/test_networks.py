@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from ganmodels.glcic.networks import CompletionNetwork, fill_holes, smooth_fill
+from ganmodels.glcic.networks import HARMONIC_SWEEPS, CompletionNetwork, fill_holes, smooth_fill
 
 
 def _square_hole(batch: int, size: int, top: int, side: int) -> torch.Tensor:
@@ -14,11 +14,11 @@ def _square_hole(batch: int, size: int, top: int, side: int) -> torch.Tensor:
     return mask
 
 
-@pytest.mark.parametrize("size", [16, 37, 64])
-def test_smooth_fill_keeps_known_pixels_and_stays_within_their_colours(size):
+@pytest.mark.parametrize("size,sweeps", [(16, 0), (37, 0), (64, 0), (37, HARMONIC_SWEEPS), (64, HARMONIC_SWEEPS)])
+def test_smooth_fill_keeps_known_pixels_and_stays_within_their_colours(size, sweeps):
     images = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(size))
     mask = _square_hole(3, size, size // 4, size // 2)
-    filled = smooth_fill(images, mask)
+    filled = smooth_fill(images, mask, sweeps)
     known = mask.expand_as(images) == 0
     assert torch.equal(filled[known], images[known])
     hole = filled[~known].view(3, 3, -1)
@@ -38,8 +38,29 @@ def test_smooth_fill_continues_a_flat_image_and_a_gradient_smoothly():
     assert (filled - ramp).abs().max() < 0.5 * (fill_holes(ramp, mask, torch.full((3,), 0.5)) - ramp).abs().max()
 
 
+def test_the_harmonic_fill_continues_a_gradient_across_a_hole_where_pull_push_flattens_it():
+    """A linear ramp is harmonic, so the harmonic fill restores it; pull-push bends it towards the hole's mean."""
+    ramp = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(1, 3, 64, 64).contiguous()
+    mask = _square_hole(1, 64, 16, 32)
+    harmonic_error = (fill_holes(ramp, mask, torch.full((3,), 0.5), "harmonic") - ramp).abs().max()
+    assert harmonic_error < 0.02
+    assert harmonic_error < 0.25 * (fill_holes(ramp, mask, torch.full((3,), 0.5), "smooth") - ramp).abs().max()
+
+
+def test_the_harmonic_fill_is_near_the_converged_solution_of_laplaces_equation():
+    images = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    mask = _square_hole(2, 48, 10, 24)
+    converged = smooth_fill(images, mask, 2000)
+    padded = torch.nn.functional.pad(converged, (1, 1, 1, 1), mode="replicate")
+    neighbours = (padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:] + padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1]) / 4
+    hole = mask.expand_as(images) == 1
+    assert (converged - neighbours)[hole].abs().max() < 1e-3  # converged: each hole pixel is its neighbours' mean
+    pull_push_error = (smooth_fill(images, mask) - converged)[hole].abs().mean()
+    assert (fill_holes(images, mask, torch.full((3,), 0.5), "harmonic") - converged)[hole].abs().mean() < 0.5 * pull_push_error
+
+
 @pytest.mark.parametrize("upsample,skips,hole_fill", list(itertools.product(("transpose", "resize"), (False, True),
-                                                                            ("mean", "smooth"))))
+                                                                            ("mean", "smooth", "harmonic"))))
 def test_every_variant_maps_an_image_to_one_of_its_size_in_range(upsample, skips, hole_fill):
     torch.manual_seed(0)
     net = CompletionNetwork(width=0.125, upsample=upsample, skips=skips, hole_fill=hole_fill)

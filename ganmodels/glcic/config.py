@@ -14,7 +14,7 @@ from ..options import COLLAPSE_ACTIONS, check_choices, from_dict, option, requir
 
 ARCHITECTURES = ("glcic", "infill")
 UPSAMPLING = ("transpose", "resize")
-HOLE_FILLS = ("mean", "smooth")
+HOLE_FILLS = ("mean", "smooth", "harmonic")
 RECONSTRUCTION_LOSSES = ("mse", "l1")
 LR_SCHEDULES = ("constant", "cosine")
 PHASES = (1, 2, 3)
@@ -32,8 +32,9 @@ class ModelConfig:
     upsample: str = option("resize", "Decoder upsampling: resize (nearest + conv, no checkerboard) or "
                                      "transpose (paper)", UPSAMPLING)
     skips: bool = option(True, "glcic: skip connections from the encoder to the decoder (U-Net)")
-    hole_fill: str = option("smooth", "What the network sees in the holes: the mean pixel (paper) or a smooth "
-                                      "fill from the known pixels around them", HOLE_FILLS)
+    hole_fill: str = option("harmonic", "What the network sees in the holes: the mean pixel (paper), or a fill "
+                                        "from the known pixels around them, smooth (pull-push) or harmonic",
+                            HOLE_FILLS)
 
     def __post_init__(self):
         check_choices(self)
@@ -99,7 +100,7 @@ class JointTraining:
 
     phase3_steps: int = option(800, "Steps of phase 3 (both networks)")
     lr_joint: float = option(1e-3, "Adam learning rate of the completion network in phase 3")
-    alpha: float = option(1e-2, "Weight of the adversarial loss (paper: 0.0004, with MSE)")
+    alpha: float = option(2e-2, "Weight of the adversarial loss (paper: 0.0004, with MSE)")
     # The discriminator's loss (real + fake BCE) below the floor at collapse_window
     # consecutive log lines means it has won.
     collapse_window: int = option(10, "Consecutive log lines of a winning discriminator that count as collapse",

@@ -6,10 +6,11 @@
 Each variant is the main job's TrainInpainter with the given parameters changed (none for
 `default`), run through Luigi exactly as a user runs it, on `--train` (dataset=folder).
 The final completion network of each requested phase is then scored on every image of
-`--eval`, which the training never saw, next to the mean-fill floor and OpenCV's Telea and
-Navier-Stokes, under the same seeded masks of each kind (squares of side 25-50% of the image,
-brush strokes covering 10-40%): PSNR, L1 and SSIM, the hole-patch sliced Wasserstein
-distance and the classifier two-sample accuracy (pipeline.evaluation). Artifacts go under
+`--eval`, which the training never saw, next to the mean-fill floor, OpenCV's Telea and
+Navier-Stokes, and the pull-push and harmonic interpolations alone, under the same seeded
+masks of each kind (squares of side 25-50% of the image, brush strokes covering 10-40%):
+PSNR, L1 and SSIM, the hole-patch sliced Wasserstein distance and the classifier
+two-sample accuracy (pipeline.evaluation). Artifacts go under
 `--root` (a fresh temporary folder by default), so variants that share their phase 1 train
 it once. Training time is each phase's wall time from its manifest.
 """
@@ -27,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ganmodels.glcic.networks import complete  # noqa: E402
+from ganmodels.glcic.networks import complete, fill_holes  # noqa: E402
 from pipeline import PrepareImages, PretrainCompletion, TrainJoint  # noqa: E402
 from pipeline.artifacts import storage  # noqa: E402
 from pipeline.tasks.inpainting import trained_model  # noqa: E402
@@ -102,7 +103,11 @@ def main() -> None:
             fill = {label: lambda images, mask: complete(completion, images, mask, mean_pixel)}
             evaluated[task.directory] = evaluate_fills(eval_images, fill, mask_config, args.eval_seed)
             scored.append(evaluated[task.directory])
-    scored.append(evaluate_fills(eval_images, baseline_fills(mean_pixel), mask_config, args.eval_seed))
+    # The interpolations the network can start from, alone: what its learned correction adds.
+    interpolations = {f"{how} interpolation": lambda images, mask, how=how: fill_holes(images, mask, mean_pixel, how)
+                      for how in ("smooth", "harmonic")}
+    scored.append(evaluate_fills(eval_images, {**baseline_fills(mean_pixel), **interpolations}, mask_config,
+                                 args.eval_seed))
 
     per_image = pd.concat([pair[0] for pair in scored])
     realism = pd.concat([pair[1] for pair in scored])

@@ -79,7 +79,7 @@ def test_chain_end_to_end_writes_grids_metrics_and_manifests(artifact_root, imag
                                                              "training_options.json"))
     assert joint["config"]["training"]["joint"]["phase3_steps"] == TINY["phase3_steps"]
     assert joint["config"]["training"]["model"] == {"arch": "glcic", "image_size": 32, "width": 0.125, "upsample": "resize",
-                                        "skips": True, "hole_fill": "smooth"}
+                                        "skips": True, "hole_fill": "harmonic"}
 
 
 def test_rerunning_a_complete_chain_runs_nothing(artifact_root, image_folder, monkeypatch):

@@ -40,7 +40,14 @@ def check_choices(options) -> None:
 
 
 def from_dict(cls, values: dict):
-    """An options dataclass from its asdict form (nested dataclasses included), e.g. read back from JSON."""
+    """An options dataclass from its asdict form (nested dataclasses included), e.g. read back from JSON.
+
+    A missing option takes its default (it was added after the values were saved); an unknown one
+    is an error, since code that does not know an option cannot honour it.
+    """
+    unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no options {sorted(unknown)}: saved by another version of the pipeline?")
     kwargs = {}
     for field in dataclasses.fields(cls):
         if field.name not in values:

@@ -142,3 +142,14 @@ def test_the_known_pixels_weigh_only_when_asked(loss):
     known = 0.25 ** 2 if loss == "mse" else 0.25
     assert reconstruction_loss(output, target, mask, loss).item() == pytest.approx(hole)
     assert reconstruction_loss(output, target, mask, loss, known_weight=0.1).item() == pytest.approx(hole + 0.1 * known)
+
+
+def test_saved_options_read_back_equal_and_an_unknown_option_is_refused():
+    options = PhaseOptions.from_settings(3, image_size=32, alpha=0.05, hole_fill="smooth")
+    saved = options.to_dict()
+    assert PhaseOptions.from_dict(saved) == options
+    del saved["joint"]["alpha"]  # saved before the option existed: its default
+    assert PhaseOptions.from_dict(saved).joint.alpha == PhaseOptions.from_settings(3, image_size=32).joint.alpha
+    saved["joint"]["sharpness"] = 1.0  # saved by code with an option this code cannot honour
+    with pytest.raises(ValueError, match=r"JointTraining has no options \['sharpness'\]"):
+        PhaseOptions.from_dict(saved)

@@ -5,13 +5,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..options import from_dict
 from .config import ModelConfig
 from .networks import build_networks, fill_holes
 
 
 def load_completion(state: dict, device: torch.device | str = "cpu") -> nn.Module:
     """The completion network of a saved training state, in eval mode."""
-    completion, _ = build_networks(ModelConfig(**state["config"]["model"]))
+    completion, _ = build_networks(from_dict(ModelConfig, state["config"]["model"]))
     completion.load_state_dict(state["networks"]["completion"])
     return completion.to(device).eval()
 

@@ -98,7 +98,7 @@ class DiscriminatorTraining:
 class JointTraining:
     """Phase 3: both networks, the completion network on reconstruction + alpha * adversarial loss."""
 
-    phase3_steps: int = option(800, "Steps of phase 3 (both networks)")
+    phase3_steps: int = option(1200, "Steps of phase 3 (both networks)")
     lr_joint: float = option(1e-3, "Adam learning rate of the completion network in phase 3")
     alpha: float = option(2e-2, "Weight of the adversarial loss (paper: 0.0004, with MSE)")
     # The discriminator's loss (real + fake BCE) below the floor at collapse_window

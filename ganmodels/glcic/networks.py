@@ -177,7 +177,7 @@ def build_networks(config: ModelConfig) -> tuple[nn.Module, nn.Module]:
 
 
 # Relaxation sweeps per pyramid level of the harmonic fill: on the evaluation's holes at 64 px, 20
-# come within 0.15 dB of the converged solution for about a ninth of the time of 400 sweeps at full size.
+# come within 0.15 dB of the converged solution in about a sixth of the time of 400 sweeps at full size.
 HARMONIC_SWEEPS = 20
 
 

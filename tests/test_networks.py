@@ -59,6 +59,17 @@ def test_the_harmonic_fill_is_near_the_converged_solution_of_laplaces_equation()
     assert (fill_holes(images, mask, torch.full((3,), 0.5), "harmonic") - converged)[hole].abs().mean() < 0.5 * pull_push_error
 
 
+def test_the_fill_is_the_same_in_either_memory_layout_and_keeps_the_one_it_was_given():
+    """Training batches are channels_last; the fill computes in NCHW for speed and must not change a bit."""
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    mask = _square_hole(4, 32, 6, 14)
+    nchw = smooth_fill(images, mask, HARMONIC_SWEEPS)
+    nhwc = smooth_fill(images.contiguous(memory_format=torch.channels_last),
+                       mask.contiguous(memory_format=torch.channels_last), HARMONIC_SWEEPS)
+    assert torch.equal(nchw, nhwc)
+    assert nchw.is_contiguous() and nhwc.is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize("upsample,skips,hole_fill", list(itertools.product(("transpose", "resize"), (False, True),
                                                                             ("mean", "smooth", "harmonic"))))
 def test_every_variant_maps_an_image_to_one_of_its_size_in_range(upsample, skips, hole_fill):

@@ -195,6 +195,11 @@ def smooth_fill(images: torch.Tensor, mask: torch.Tensor, sweeps: int = 0) -> to
     Laplace's equation with the known pixels as the boundary, the harmonic fill. It continues
     gradients across a hole where pull-push alone flattens them towards the hole's mean colour.
     """
+    # The many small padding and elementwise steps run about 1.6x faster on NCHW than on the
+    # channels_last batches of training (CPU); the result goes back in the layout it came in.
+    channels_last = images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    images, mask = images.contiguous(), mask.contiguous()
     known = 1 - mask
     colours, shares = [images * known], [known]  # colours premultiplied by their share of known pixels
     while min(colours[-1].shape[-2:]) > 1:
@@ -206,7 +211,7 @@ def smooth_fill(images: torch.Tensor, mask: torch.Tensor, sweeps: int = 0) -> to
         filled = colour + (1 - share) * coarser
         for _ in range(sweeps):
             filled = colour + (1 - share) * _neighbour_mean(filled)
-    return filled
+    return filled.contiguous(memory_format=layout)
 
 
 def _neighbour_mean(images: torch.Tensor) -> torch.Tensor:

@@ -195,8 +195,9 @@ def smooth_fill(images: torch.Tensor, mask: torch.Tensor, sweeps: int = 0) -> to
     Laplace's equation with the known pixels as the boundary, the harmonic fill. It continues
     gradients across a hole where pull-push alone flattens them towards the hole's mean colour.
     """
-    # The many small padding and elementwise steps run about 1.6x faster on NCHW than on the
-    # channels_last batches of training (CPU); the result goes back in the layout it came in.
+    # Its many small padding and elementwise steps are far slower on the channels_last batches of
+    # training than on NCHW (on the CPU: 11.5 against 7.0 ms a batch of 16 at 64 px); the result
+    # goes back in the layout it came in, bit for bit the same.
     channels_last = images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
     layout = torch.channels_last if channels_last else torch.contiguous_format
     images, mask = images.contiguous(), mask.contiguous()

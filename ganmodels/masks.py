@@ -24,7 +24,8 @@ class MaskConfig:
     Rectangles: sides in [hole_min, hole_max] of the image side, placed inside the area
     that keeps `hole_margin` from every border, never larger than the local discriminator's
     patch (half the image). Strokes: their union covers a share of the image uniform in
-    [stroke_area_min, stroke_area_max]. `mixed` gives each image one kind or the other.
+    [stroke_area_min, stroke_area_max]. `mixed` gives each image a box with probability
+    box_share, strokes otherwise.
     """
 
     image_size: int = required("Side in pixels of the square training images")
@@ -34,12 +35,14 @@ class MaskConfig:
     hole_margin: float = option(0.0, "Boxes keep this fraction of image_size from borders")
     stroke_area_min: float = option(0.1, "Smallest share of the image brush strokes cover")
     stroke_area_max: float = option(0.4, "Largest share of the image brush strokes cover")
+    box_share: float = option(0.3, "mixed: the share of training images whose hole is a box (the rest get strokes)")
 
     def __post_init__(self):
         check_choices(self)
         require(0 < self.stroke_area_min <= self.stroke_area_max <= 0.75,
                 f"need 0 < stroke_area_min <= stroke_area_max <= 0.75, got {self.stroke_area_min}, "
                 f"{self.stroke_area_max}")
+        require(0 <= self.box_share <= 1, f"box_share must be in [0, 1], got {self.box_share}")
         require(0 < self.hole_min <= self.hole_max, f"need 0 < hole_min <= hole_max, got {self.hole_min}, {self.hole_max}")
         require(self.hole_max <= 0.5, f"hole_max must be <= 0.5 (the local patch is half the image), got {self.hole_max}")
         require(0 <= self.hole_margin < 0.5, f"hole_margin must be in [0, 0.5), got {self.hole_margin}")
@@ -172,8 +175,8 @@ def sample_masks(batch_size: int, config: MaskConfig, generator: torch.Generator
                  kind: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask, boxes): float (batch, 1, size, size) masks of the configured kind and their bounding boxes.
 
-    `kind` overrides the config's: box, strokes, or mixed (each image a box or strokes with
-    even odds). The boxes (top, left, height, width) place the local discriminator's patch.
+    `kind` overrides the config's: box, strokes, or mixed (each image a box with probability
+    `config.box_share`, strokes otherwise). The boxes (top, left, height, width) place the local discriminator's patch.
     """
     kind = kind or config.mask_kind
     if kind == "box":
@@ -182,7 +185,7 @@ def sample_masks(batch_size: int, config: MaskConfig, generator: torch.Generator
     strokes = sample_strokes(batch_size, config, generator)
     if kind == "mixed":
         boxes = holes_to_mask(sample_holes(batch_size, config, generator), config.image_size)
-        use_box = torch.rand(batch_size, generator=generator, device=generator.device) < 0.5
+        use_box = torch.rand(batch_size, generator=generator, device=generator.device) < config.box_share
         strokes = torch.where(use_box[:, None, None, None], boxes, strokes)
     return strokes, bounding_boxes(strokes)
 

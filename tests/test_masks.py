@@ -99,12 +99,19 @@ def test_masks_are_the_same_for_the_same_seed_and_differ_for_another():
     assert not torch.equal(first, sample_masks(64, config, torch.Generator().manual_seed(6))[0])
 
 
-def test_mixed_masks_are_boxes_or_strokes_with_even_odds():
-    mask, _ = sample_masks(1000, MaskConfig(image_size=32, mask_kind="mixed"), torch.Generator().manual_seed(1))
+@pytest.mark.parametrize("box_share", [0.5, 0.3, 0.0, 1.0])
+def test_mixed_masks_are_boxes_in_the_share_asked_for_and_strokes_otherwise(box_share):
+    config = MaskConfig(image_size=32, mask_kind="mixed", box_share=box_share)
+    mask, _ = sample_masks(1000, config, torch.Generator().manual_seed(1))
     boxes = bounding_boxes(mask)
     box_area = (boxes[:, 2] * boxes[:, 3]).float() / 32 ** 2
     is_rectangle = torch.isclose(_coverage(mask), box_area)  # a mask that fills its bounding box
-    assert 0.4 < is_rectangle.float().mean() < 0.6
+    assert abs(is_rectangle.float().mean() - box_share) < 0.06
+
+
+def test_a_box_share_outside_zero_to_one_is_refused_by_name():
+    with pytest.raises(ValueError, match="box_share must be in"):
+        MaskConfig(image_size=32, box_share=1.5)
 
 
 def test_bounding_boxes_are_tight_and_place_the_local_patch_on_the_strokes():

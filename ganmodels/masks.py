@@ -35,7 +35,8 @@ class MaskConfig:
     hole_margin: float = option(0.0, "Boxes keep this fraction of image_size from borders")
     stroke_area_min: float = option(0.1, "Smallest share of the image brush strokes cover")
     stroke_area_max: float = option(0.4, "Largest share of the image brush strokes cover")
-    box_share: float = option(0.3, "mixed: the share of training images whose hole is a box (the rest get strokes)")
+    box_share: float = option(0.3, "mixed: the share of training images whose hole is a box (the rest get strokes)",
+                              before=0.5)
 
     def __post_init__(self):
         check_choices(self)
@@ -176,7 +177,8 @@ def sample_masks(batch_size: int, config: MaskConfig, generator: torch.Generator
     """(mask, boxes): float (batch, 1, size, size) masks of the configured kind and their bounding boxes.
 
     `kind` overrides the config's: box, strokes, or mixed (each image a box with probability
-    `config.box_share`, strokes otherwise). The boxes (top, left, height, width) place the local discriminator's patch.
+    `config.box_share`, strokes otherwise). The boxes (top, left, height, width) place the
+    local discriminator's patch.
     """
     kind = kind or config.mask_kind
     if kind == "box":

@@ -16,14 +16,19 @@ def require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def option(default: Any, help: str, choices: tuple = (), affects_result: bool = True) -> Any:
+_NO_VALUE = object()
+
+
+def option(default: Any, help: str, choices: tuple = (), affects_result: bool = True, before: Any = _NO_VALUE) -> Any:
     """A dataclass field with its help text; `choices` lists the values a str field may take.
 
     affects_result=False marks options that change how fast or how often something happens
-    (logging, checkpoints, precision), never which model is trained.
+    (logging, checkpoints, precision), never which model is trained. `before` is what runs
+    saved before the option existed did, where that differs from its default (from_dict).
     """
     return dataclasses.field(default=default, metadata={"help": help, "choices": tuple(choices),
-                                                        "affects_result": affects_result})
+                                                        "affects_result": affects_result,
+                                                        "before": default if before is _NO_VALUE else before})
 
 
 def required(help: str) -> Any:
@@ -42,8 +47,9 @@ def check_choices(options) -> None:
 def from_dict(cls, values: dict):
     """An options dataclass from its asdict form (nested dataclasses included), e.g. read back from JSON.
 
-    A missing option takes its default (it was added after the values were saved); an unknown one
-    is an error, since code that does not know an option cannot honour it.
+    A missing option was added after the values were saved: it takes the value those runs had
+    (`before`, by default the option's default). An unknown one is an error, since code that does
+    not know an option cannot honour it.
     """
     unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
     if unknown:
@@ -51,6 +57,8 @@ def from_dict(cls, values: dict):
     kwargs = {}
     for field in dataclasses.fields(cls):
         if field.name not in values:
+            if "before" in field.metadata:
+                kwargs[field.name] = field.metadata["before"]
             continue
         value = values[field.name]
         nested = _dataclass_type(field.type)

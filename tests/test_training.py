@@ -144,12 +144,14 @@ def test_the_known_pixels_weigh_only_when_asked(loss):
     assert reconstruction_loss(output, target, mask, loss, known_weight=0.1).item() == pytest.approx(hole + 0.1 * known)
 
 
-def test_saved_options_read_back_equal_and_an_unknown_option_is_refused():
+def test_saved_options_read_back_equal_missing_ones_as_they_were_and_an_unknown_one_is_refused():
     options = PhaseOptions.from_settings(3, image_size=32, alpha=0.05, hole_fill="smooth")
     saved = options.to_dict()
     assert PhaseOptions.from_dict(saved) == options
     del saved["joint"]["alpha"]  # saved before the option existed: its default
     assert PhaseOptions.from_dict(saved).joint.alpha == PhaseOptions.from_settings(3, image_size=32).joint.alpha
+    del saved["masks"]["box_share"]  # runs before box_share drew boxes and strokes with even odds, not its default
+    assert PhaseOptions.from_dict(saved).masks.box_share == 0.5 != options.masks.box_share
     saved["joint"]["sharpness"] = 1.0  # saved by code with an option this code cannot honour
     with pytest.raises(ValueError, match=r"JointTraining has no options \['sharpness'\]"):
         PhaseOptions.from_dict(saved)

@@ -87,7 +87,9 @@ class DiscriminatorTraining:
     """Phase 2: the discriminators against the frozen completion network (and their rate in phase 3)."""
 
     phase2_steps: int = option(100, "Steps of phase 2 (the discriminators alone)")
-    lr_discriminator: float = option(1e-4, "Adam learning rate of the discriminators (phases 2 and 3)")
+    # Four times the paper-era 1e-4: a discriminator that keeps up with the completion network
+    # catches the coloured streaks it otherwise learns to paint into large holes.
+    lr_discriminator: float = option(4e-4, "Adam learning rate of the discriminators (phases 2 and 3)")
 
     def __post_init__(self):
         require(self.phase2_steps >= 1, f"phase2_steps must be >= 1, got {self.phase2_steps}")

@@ -87,7 +87,7 @@ class DiscriminatorTraining:
     """Phase 2: the discriminators against the frozen completion network (and their rate in phase 3)."""
 
     phase2_steps: int = option(100, "Steps of phase 2 (the discriminators alone)")
-    # Four times the paper-era 1e-4: a discriminator that keeps up with the completion network
+    # Four times the 1e-4 of earlier versions: a discriminator that keeps up with the completion network
     # catches the coloured streaks it otherwise learns to paint into large holes.
     lr_discriminator: float = option(4e-4, "Adam learning rate of the discriminators (phases 2 and 3)")
 

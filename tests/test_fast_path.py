@@ -14,6 +14,7 @@ from ganmodels.glcic.config import ModelConfig, PhaseOptions
 from ganmodels.glcic.networks import build_networks, fill_holes
 from ganmodels.glcic.training import train_phase, train_step
 from ganmodels.masks import MaskConfig, holes_to_mask, patch_origins, sample_holes
+from ganmodels import runtime as runtime_module
 from ganmodels.runtime import Runtime, RuntimeOptions
 
 SIZE, BATCH = 32, 4
@@ -172,9 +173,17 @@ def test_random_zoom_shows_a_smaller_square_of_each_image_at_its_own_size():
                        augment(stored, 16, torch.Generator().manual_seed(2), max_zoom=1.0))
 
 
+@pytest.mark.parametrize("native_bf16, precision", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_on_the_cpu_is_bf16_only_where_the_cpu_computes_it(monkeypatch, native_bf16, precision):
+    monkeypatch.setattr(runtime_module, "cpu_has_native_bf16", lambda: native_bf16)
+    assert Runtime.resolve("cpu").precision == precision
+    assert Runtime.resolve("cpu", RuntimeOptions(precision="fp32")).precision == "fp32"
+
+
 def test_runtime_resolves_auto_for_the_device_and_puts_global_switches_back():
     runtime = Runtime.resolve("cpu")
-    assert (runtime.precision, runtime.channels_last, runtime.compile, runtime.device) == ("fp32", True, False, "cpu")
+    expected = ("bf16" if runtime_module.cpu_has_native_bf16() else "fp32", True, False, "cpu")
+    assert (runtime.precision, runtime.channels_last, runtime.compile, runtime.device) == expected
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

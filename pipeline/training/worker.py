@@ -120,7 +120,7 @@ def _exit_without_finalizing() -> None:
     The job's artifacts are written and the process group is destroyed by now. Gloo's threads can
     still hold references to Python objects, and freeing them while the interpreter is torn down
     aborts the process ("terminate called without an active exception", no Python frame) in about
-    one exit in twenty to forty on two CPU processes, which torchrun then reports as a failed job.
+    one exit in twenty of two CPU processes, which torchrun then reports as a failed job.
     """
     logging.shutdown()
     sys.stdout.flush()

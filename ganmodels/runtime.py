@@ -93,7 +93,7 @@ class Runtime:
         other CPUs, which would emulate it. auto compile:
         on CUDA, where it fuses each batch norm with its ReLU (1.3x at 256 px, see
         README); not on the CPU, where compiling takes tens of seconds per phase on a
-        few cores and gains 10 to 25%.
+        few cores and what it gains depends on the CPU (nothing on the development machine).
         """
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -28,6 +28,19 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> 
     return real + fake
 
 
+def detail_gradient_only(images: torch.Tensor, block: int) -> torch.Tensor:
+    """The same images, through which a gradient reaches only what differs from their averages over
+    `block` x `block` pixels (bilinearly upsampled).
+
+    The average is a linear low-pass L, and the result is x - L(x) + stop_gradient(L(x)): equal to
+    x, with gradient (I - L) applied to whatever flows back. A loss of the result cannot move the
+    images' coarse colours and shading, only their detail.
+    """
+    coarse = F.interpolate(F.avg_pool2d(images, block, ceil_mode=True), size=images.shape[-2:], mode="bilinear",
+                           align_corners=False)
+    return images - coarse + coarse.detach()
+
+
 def generator_adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """Non-saturating generator loss: make the discriminator call the completions real."""
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))

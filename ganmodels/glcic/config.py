@@ -103,6 +103,9 @@ class JointTraining:
     phase3_steps: int = option(1200, "Steps of phase 3 (both networks)")
     lr_joint: float = option(1e-3, "Adam learning rate of the completion network in phase 3")
     alpha: float = option(2e-2, "Weight of the adversarial loss (paper: 0.0004, with MSE)")
+    adversarial_block: int = option(0, "Side in pixels of the blocks whose average colours the adversarial loss "
+                                       "leaves to the reconstruction loss (0: it moves every colour, as in the paper)",
+                                    before=0)
     # The discriminator's loss (real + fake BCE) below the floor at collapse_window
     # consecutive log lines means it has won.
     collapse_window: int = option(10, "Consecutive log lines of a winning discriminator that count as collapse",
@@ -116,6 +119,7 @@ class JointTraining:
         require(self.phase3_steps >= 1, f"phase3_steps must be >= 1, got {self.phase3_steps}")
         require(self.lr_joint > 0, f"lr_joint must be positive, got {self.lr_joint}")
         require(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}")
+        require(self.adversarial_block >= 0, f"adversarial_block must be >= 0, got {self.adversarial_block}")
         require(self.collapse_window >= 1, f"collapse_window must be >= 1, got {self.collapse_window}")
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..collapse import CollapseWatch, TrainingCollapsed
 from ..feeding import TrainingImages, augment
-from ..losses import discriminator_loss, generator_adversarial_loss, reconstruction_loss
+from ..losses import detail_gradient_only, discriminator_loss, generator_adversarial_loss, reconstruction_loss
 from ..masks import patch_origins, sample_masks
 from ..runtime import Runtime
 from ..state import load_training_state, random_state, restore_random_state, training_state
@@ -57,7 +57,9 @@ def completion_step(optimizer: torch.optim.Optimizer, output: torch.Tensor, comp
     """One completion-network update: the reconstruction loss of its raw `output`, plus alpha times
     the adversarial loss of the `completed` images when a discriminator is given.
 
-    The discriminator is frozen during this step so it receives no gradient from it.
+    The discriminator is frozen during this step so it receives no gradient from it. With
+    `adversarial_block`, the adversarial loss's gradient reaches only the completions' detail
+    (detail_gradient_only); their coarse colours follow the reconstruction loss alone.
     Returns the detached (reconstruction, adversarial) losses.
     """
     reconstruction = reconstruction_loss(output.float(), real, mask, options.completion.loss,
@@ -66,6 +68,8 @@ def completion_step(optimizer: torch.optim.Optimizer, output: torch.Tensor, comp
     if discriminator is not None:
         trainable = [p.requires_grad for p in discriminator.parameters()]
         discriminator.requires_grad_(False)
+        if block := options.joint.adversarial_block:
+            completed = detail_gradient_only(completed, block)
         with runtime.autocast():
             adversarial = generator_adversarial_loss(discriminator(completed, origins))
         for parameter, flag in zip(discriminator.parameters(), trainable):

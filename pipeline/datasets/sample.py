@@ -26,7 +26,7 @@ SPLIT_VERSION = "split by photograph v1"
 
 class Sample(DatasetSpec):
     name = "sample"
-    description = "crops of scikit-image's bundled photographs (offline)"
+    description = "crops of the photographs bundled with scikit-image and matplotlib (offline)"
     official_split = True
 
     def resolve(self, request: Request) -> Source:

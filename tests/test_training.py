@@ -181,14 +181,18 @@ def test_the_adversarial_gradient_can_be_kept_from_the_coarse_colours():
     assert torch.allclose(gradient(lambda x: (x * checker).sum(), 4), checker.expand_as(images), atol=0.02)
 
 
+@pytest.mark.parametrize("block", [-1, 33])
+def test_an_adversarial_block_outside_the_image_is_refused_by_name(block):
+    with pytest.raises(ValueError, match="adversarial_block must be"):
+        _options(3, adversarial_block=block)
+
+
 def test_saved_options_read_back_equal_missing_ones_as_they_were_and_an_unknown_one_is_refused():
     options = PhaseOptions.from_settings(3, image_size=32, alpha=0.05, hole_fill="smooth")
     saved = options.to_dict()
     assert PhaseOptions.from_dict(saved) == options
     del saved["joint"]["alpha"]  # saved before the option existed: its default
     assert PhaseOptions.from_dict(saved).joint.alpha == PhaseOptions.from_settings(3, image_size=32).joint.alpha
-    del saved["joint"]["adversarial_block"]  # saved before it existed: the adversarial loss moved every colour
-    assert PhaseOptions.from_dict(saved).joint.adversarial_block == 0
     del saved["masks"]["box_share"]  # runs before box_share drew boxes and strokes with even odds, not its default
     assert PhaseOptions.from_dict(saved).masks.box_share == 0.5 != options.masks.box_share
     saved["joint"]["sharpness"] = 1.0  # saved by code with an option this code cannot honour

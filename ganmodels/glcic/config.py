@@ -104,8 +104,7 @@ class JointTraining:
     lr_joint: float = option(1e-3, "Adam learning rate of the completion network in phase 3")
     alpha: float = option(2e-2, "Weight of the adversarial loss (paper: 0.0004, with MSE)")
     adversarial_block: int = option(0, "Side in pixels of the blocks whose average colours the adversarial loss "
-                                       "leaves to the reconstruction loss (0: it moves every colour, as in the paper)",
-                                    before=0)
+                                       "leaves to the reconstruction loss (0: it moves every colour, as in the paper)")
     # The discriminator's loss (real + fake BCE) below the floor at collapse_window
     # consecutive log lines means it has won.
     collapse_window: int = option(10, "Consecutive log lines of a winning discriminator that count as collapse",
@@ -141,6 +140,9 @@ class PhaseOptions:
         require((self.joint is not None) == (self.phase == 3), "phase 3, and only it, has joint options")
         require(self.model.image_size == self.masks.image_size,
                 f"the model's image_size {self.model.image_size} differs from the masks' {self.masks.image_size}")
+        require(self.joint is None or self.joint.adversarial_block <= self.model.image_size,
+                f"adversarial_block must be at most image_size {self.model.image_size}, "
+                f"got {self.joint and self.joint.adversarial_block}")
 
     @property
     def steps(self) -> int:

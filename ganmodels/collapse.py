@@ -9,6 +9,8 @@ import math
 import torch
 from torch import Tensor
 
+from .options import require
+
 
 class TrainingCollapsed(RuntimeError):
     """The collapse watch ended a run (on_collapse=stop); the message says at which step and why,
@@ -27,8 +29,7 @@ class CollapseWatch:
     """
 
     def __init__(self, window: int, d_loss_floor: float, diversity_floor: float):
-        if window < 1:
-            raise ValueError(f"window must be at least 1, got {window}")
+        require(window >= 1, f"window must be at least 1, got {window}")
         self.window = window
         self.d_loss_floor = d_loss_floor
         self.diversity_floor = diversity_floor

@@ -11,9 +11,13 @@ from typing import Any
 COLLAPSE_ACTIONS = ("warn", "stop")
 
 
+class OptionError(ValueError):
+    """An option value that is refused: the message names the option as the user spells it."""
+
+
 def require(condition: bool, message: str) -> None:
     if not condition:
-        raise ValueError(message)
+        raise OptionError(message)
 
 
 _NO_VALUE = object()

@@ -15,6 +15,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .options import require
+
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """`auto` picks CUDA when present; without an index each process takes GPU `local_rank`."""
@@ -41,8 +43,7 @@ class World:
 
     def local_batch(self, batch_size: int) -> int:
         """This rank's share of a batch of `batch_size` images."""
-        if batch_size % self.size:
-            raise ValueError(f"batch_size {batch_size} does not split evenly over {self.size} processes")
+        require(batch_size % self.size == 0, f"batch_size {batch_size} does not split evenly over {self.size} processes")
         return batch_size // self.size
 
     def seed(self, base: int, step: int = 0) -> int:
@@ -93,8 +94,8 @@ def join_world(device_name: str) -> World:
     """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if size > 1 and device_name != "auto" and torch.device(device_name).index is not None:
-        raise ValueError(f"device={device_name} would put {size} processes on one GPU; use device=cuda or auto")
+    require(size == 1 or device_name == "auto" or torch.device(device_name).index is None,
+            f"device={device_name} would put {size} processes on one GPU; use device=cuda or auto")
     device = resolve_device(device_name, local_rank)
     if size == 1:
         return World(0, 1, device)

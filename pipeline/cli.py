@@ -23,8 +23,9 @@ from .artifacts import storage
 from .datasets import files_below
 from .ingestion.decode import ACCEPTED_FORMATS, RejectedImage, TooManyPixels, decode_full_size
 from .infill import Inpainter
-from .artifacts.runs import (Run, UserError, ancestry, checkpoint_path, explain, find_run, human_size, load_run,
-                   model_state, progress, runs_table, status, timestamp, upstream)
+from .artifacts.runs import (Run, ancestry, checkpoint_path, find_run, human_size, load_run, model_state, progress,
+                             runs_table, status, timestamp, upstream)
+from .errors import UserError, explain
 from .studio import LOOPBACK_HOSTS
 from .settings import artifact_root, cache_dir
 

@@ -13,7 +13,7 @@ from ganmodels.glcic.inference import load_completion, paste, predict, size_mult
 from ganmodels.rendering import to_uint8
 
 # The evaluation's classical baseline, so that Telea here is the Telea of the metrics table.
-from .artifacts.runs import UserError
+from .errors import UserError
 from .evaluation import CLASSICAL_RADIUS, classical_inpaint
 
 

@@ -14,7 +14,7 @@ import pipeline
 from ganmodels.dcgan.sampling import generator_from_state
 from pipeline.artifacts import storage
 from pipeline.artifacts.checkpoints import list_checkpoints, load_state
-from pipeline.tasks.training import TrainingStopped
+from pipeline.errors import explain
 from pipeline.training.loops import SAMPLES_TAG
 from tests.conftest import (cli_args, kill_after_first_checkpoint, logged_steps, make_images, read_events,
                             resumed_steps, run_luigi, write_config)
@@ -87,8 +87,9 @@ def test_training_writes_every_artifact(artifact_root, image_folder):
     (dict(walk_keyframes=1), "walk_keyframes"),
 ])
 def test_bad_parameters_are_refused_before_anything_runs(artifact_root, params, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(Exception) as refused:
         pipeline.TrainDCGAN(**{**TINY, "source": "unused", **params})
+    assert message in (explain(refused.value) or "")  # a user's error: one `error:` line, no traceback
 
 
 def test_collapse_stop_fails_with_a_clear_message_and_keeps_the_last_good_checkpoint(
@@ -100,9 +101,11 @@ def test_collapse_stop_fails_with_a_clear_message_and_keeps_the_last_good_checkp
     with caplog.at_level(logging.ERROR, logger="luigi-interface"):
         assert not _build(task)
 
-    failures = [record for record in caplog.records if record.exc_info and record.exc_info[0] is TrainingStopped]
-    assert len(failures) == 1, caplog.text[-3000:]
-    message = str(failures[0].exc_info[1])
+    # The stop is explained: luigi's failure record becomes one `error:` line without a traceback.
+    failures = [record for record in caplog.records if record.levelname == "error"]
+    assert len(failures) == 1 and not failures[0].exc_info, caplog.text[-3000:]
+    message = failures[0].getMessage()
+    assert message.startswith("TrainDCGAN stopped by the collapse watch (on_collapse=stop)")
     metrics = pd.read_csv(task.path("metrics.csv"))
     stop_step = int(metrics["step"].iloc[-1])
     assert stop_step < 1000 and f"collapse at step {stop_step}: discriminator loss below 0.7" in message

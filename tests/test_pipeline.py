@@ -6,7 +6,9 @@ import logging
 import os
 import re
 import subprocess
+import traceback
 
+import botocore.exceptions
 import luigi
 import numpy as np
 import pandas as pd
@@ -14,9 +16,11 @@ import pytest
 from luigi.task_register import Register
 from PIL import Image
 
+from ganmodels.options import OptionError
 import pipeline
 from pipeline.artifacts import storage
 from pipeline.artifacts.checkpoints import list_checkpoints, recorded_checksum
+from pipeline.errors import OneLineErrors, UserError, explain, explained_as_user_errors
 from pipeline.ingestion.decode import decode_image
 from pipeline.tasks.base import ArtifactTask
 from pipeline.training.loops import GRID_TAG
@@ -159,11 +163,60 @@ def test_shards_hold_every_kept_image_in_path_order_and_the_train_mean(artifact_
     assert np.allclose(shards.mean_pixel(), train.mean(axis=(0, 2, 3)) / 255)
 
 
-def test_failed_task_makes_the_command_exit_non_zero(tmp_path):
-    config = write_config(tmp_path)
-    result = run_luigi(config, "TrainInpainter", *cli_args(dataset="folder", source=str(tmp_path / "missing")))
-    assert result.returncode == 30, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "dataset=folder needs source=" in result.stdout + result.stderr
+@pytest.mark.parametrize("parameters, status, message", [
+    # run() fails: a task failed, status [retcode] task_failed
+    ({"dataset": "folder", "source": "{tmp}/missing"}, 30,
+     "dataset=folder needs source= an existing directory of images, got '{tmp}/missing'"),
+    # an upstream task's option is refused while the tasks are scheduled: scheduling_error
+    ({"alpha": -1}, 35, "alpha must be >= 0, got -1.0"),
+    # the command line's own task cannot be built: unhandled_exception
+    ({"image_size": "abc"}, 40, "bad value for image_size: invalid literal for int() with base 10: 'abc'"),
+    ({"upsample": "bilinear"}, 40, "bad value for upsample: bilinear is not a valid choice from"),
+])
+def test_a_users_mistake_is_one_error_line_and_a_non_zero_exit(tmp_path, parameters, status, message):
+    parameters = {name: str(value).format(tmp=tmp_path) for name, value in parameters.items()}
+    result = run_luigi(write_config(tmp_path), "TrainInpainter", *cli_args(**parameters))
+    output = result.stdout + result.stderr
+    assert result.returncode == status, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {message.format(tmp=tmp_path)}"), output[-3000:]
+    assert "Traceback" not in output
+
+
+def _luigi_record(message: str, error: BaseException | None = None) -> logging.LogRecord:
+    exc_info = (type(error), error, error.__traceback__) if error else None
+    return logging.LogRecord("luigi-interface", logging.ERROR, __file__, 1, message, (), exc_info)
+
+
+def _traceback_of(error: Exception, explained: bool) -> str:
+    """The traceback text luigi logs for an error in complete() (it keeps no exception object)."""
+    try:
+        with contextlib.ExitStack() as stack:
+            if explained:
+                stack.enter_context(explained_as_user_errors())
+            raise error
+    except Exception:
+        return traceback.format_exc()
+
+
+def test_only_explained_errors_lose_their_traceback():
+    def shown(record: logging.LogRecord) -> str:
+        assert OneLineErrors().filter(record)
+        return logging.Formatter("%(levelname)s: %(message)s").format(record)
+
+    assert shown(_luigi_record("failed", OptionError("alpha must be >= 0, got -1.0"))) == \
+        "error: alpha must be >= 0, got -1.0"
+    assert shown(_luigi_record("Will not run TrainInpainter(...) due to error in complete() method:\n" +
+                               _traceback_of(botocore.exceptions.NoCredentialsError(), explained=True))) == \
+        "error: no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use ~/.aws/credentials"
+    # A bug keeps its traceback, whether luigi logs the exception or its text.
+    try:
+        {}["missing"]
+    except KeyError as error:
+        bug = shown(_luigi_record("failed", error))
+    assert bug.startswith("ERROR: failed\nTraceback (most recent call last)") and "KeyError: 'missing'" in bug
+    text = _traceback_of(KeyError("missing"), explained=True)
+    assert shown(_luigi_record("Will not run X:\n" + text)) == "ERROR: Will not run X:\n" + text
 
 
 def test_killed_training_resumes_from_its_checkpoint(tmp_path):
@@ -244,15 +297,15 @@ def test_a_broken_manifest_makes_its_task_run_again_and_one_from_before_checksum
     ("TrainDCGAN", {"real_label_high": 1.5}, "real_label_low and real_label_high must satisfy"),
 ])
 def test_a_bad_value_is_refused_naming_the_parameter_as_typed(family, parameters, message):
-    with pytest.raises(ValueError) as refused:
+    with pytest.raises(Exception) as refused:
         getattr(pipeline, family)(dataset="sample", **parameters)
-    assert message in str(refused.value)
+    assert message in (explain(refused.value) or "")  # a user's error: one `error:` line, no traceback
 
 
 def test_empty_splits_fail_before_any_image_is_decoded_or_any_step_trained(artifact_root, tmp_path):
     source = make_images(str(tmp_path / "three"), 3, prefix="photo")  # these names fall in train by their hash
     shards = pipeline.PrepareImages(dataset="folder", source=source, image_size=16, decode_workers=1)
-    with pytest.raises(ValueError, match=re.escape(
+    with pytest.raises(UserError, match=re.escape(
             "the val split would be empty: the files split 3/0/0 (train/val/test) with val_fraction=0.1, "
             "test_fraction=0.1; add images or raise val_fraction (or set it to 0 to do without a val split)")):
         shards.run()
@@ -265,7 +318,7 @@ def test_empty_splits_fail_before_any_image_is_decoded_or_any_step_trained(artif
     # Without val or test the inpainter cannot render its grids or evaluate: its training phases refuse
     # when constructed, so the chain fails while it is scheduled.
     for name in ("val_fraction", "test_fraction"):
-        with pytest.raises(ValueError, match=f"{name} must be > 0 for the inpainter"):
+        with pytest.raises(UserError, match=f"{name} must be > 0 for the inpainter"):
             pipeline.TrainJoint(source=source, **{key: value for key, value in TINY.items() if key != "grid_images"},
                                 **{name: 0})
         assert not luigi.build([pipeline.TrainInpainter(source=source, **{**TINY, name: 0})], local_scheduler=True,
@@ -314,7 +367,8 @@ def test_an_artifact_root_that_cannot_be_written_fails_first_saying_so(tmp_path)
             result = run_luigi(config, *args)
         log = result.stdout + result.stderr
         assert result.returncode == 30, log[-3000:]
-        assert f"RootNotWritable: the artifact root {root} is not writable: cannot write {root}/PrepareImages-" in log
+        assert f"error: the artifact root {root} is not writable: cannot write {root}/PrepareImages-" in log
+        assert "Traceback" not in log
         assert "-luigi-tmp-" not in log and not re.search(r"PrepareImages: +\d+%", log)  # no image was decoded
 
 

@@ -7,13 +7,12 @@ Nothing here renders: the report and the studio draw what these functions return
 """
 import datetime
 import io
-import urllib.parse
 from dataclasses import dataclass
 
-import botocore.exceptions
 import pandas as pd
 import torch
 
+from ..errors import UserError
 from . import storage
 from .checkpoints import CHECKPOINT_PATTERN, FINAL_STATE, load_state
 
@@ -25,10 +24,6 @@ NOT_LOSSES = ("phase", "step", "steps", "images_per_s", "data_wait", "lr_complet
 # Families whose final state holds a completion network (TrainInpainter's through its result.json).
 INPAINTER_FAMILIES = ("PretrainCompletion", "PretrainDiscriminator", "TrainJoint", "TrainInpainter")
 GENERATOR_FAMILIES = ("TrainDCGAN",)
-
-
-class UserError(Exception):
-    """A problem with what the user asked for: one line for the CLI, one message for the studio."""
 
 
 @dataclass(frozen=True)
@@ -278,26 +273,3 @@ def model_state(path: str, device: torch.device, network: str) -> dict:
     if network not in networks:
         raise UserError(f"{path} holds no {network} network (it has: {', '.join(sorted(networks)) or 'none'})")
     return state
-
-
-def _endpoint(error: botocore.exceptions.BotoCoreError) -> str:
-    """The scheme, host and port of the endpoint an error names: never a path, query or user info."""
-    url = urllib.parse.urlsplit(error.kwargs.get("endpoint_url", ""))
-    return f"{url.scheme}://{url.hostname}" + (f":{url.port}" if url.port else "") if url.hostname else "the endpoint"
-
-
-def explain(error: Exception) -> str | None:
-    """The message for an error that comes from what the user asked for or from their
-    environment (a damaged artifact, an unreachable or refusing S3 store), or None for any
-    other, which is a bug and keeps its traceback."""
-    if isinstance(error, (UserError, storage.ArtifactError)):
-        return str(error)
-    if isinstance(error, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)):
-        return (f"cannot reach the S3 endpoint {_endpoint(error)} ({type(error).__name__}); check [s3] endpoint_url "
-                "and that the store is up")
-    if isinstance(error, botocore.exceptions.NoCredentialsError):
-        return "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use ~/.aws/credentials"
-    if isinstance(error, botocore.exceptions.ClientError):
-        details = error.response.get("Error", {})
-        return f"S3 refused the request: {details.get('Code', 'unknown error')} ({details.get('Message', '')})"
-    return None

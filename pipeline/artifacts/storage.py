@@ -64,6 +64,10 @@ class RootNotWritable(ArtifactError):
     """The artifact root cannot be written to (read-only, not creatable, access denied)."""
 
 
+class MalformedRoot(ArtifactError):
+    """An [artifacts] root that names an S3 location without its bucket."""
+
+
 def is_remote(path: str) -> bool:
     return path.startswith(S3_SCHEME)
 
@@ -72,7 +76,7 @@ def resolve_root(configured: str) -> str:
     """An artifact root as written by a user, checked and made absolute (local) or normalised (S3)."""
     if is_remote(configured):
         if not configured[len(S3_SCHEME):].split("/")[0]:
-            raise ValueError(f"[artifacts] root must look like s3://bucket/prefix, got {configured!r}")
+            raise MalformedRoot(f"[artifacts] root must look like s3://bucket/prefix, got {configured!r}")
         return configured.rstrip("/")
     return os.path.abspath(os.path.expanduser(configured))
 

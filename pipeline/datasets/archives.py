@@ -10,8 +10,10 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from ..errors import UserError
 
-class ArchiveError(Exception):
+
+class ArchiveError(UserError):
     """An archive that cannot be read; the message says what to do about it."""
 
 

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..errors import UserError
 from .archives import safe_extract
 
 # torchvision is imported where it is used: its import loads torch._dynamo, about 1.5 s
@@ -28,7 +29,7 @@ _USER_AGENT = "gan-pipeline (dataset fetcher)"
 _CHUNK_BYTES = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError):
     """A dataset could not be fetched; the message says what the user should do."""
 
 

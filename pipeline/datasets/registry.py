@@ -8,6 +8,8 @@ from typing import Mapping
 import luigi
 import luigi.configuration
 
+from ..errors import UserError
+
 SPLITS = ("train", "val", "test")
 
 # Whether a dataset reads its files from source=.
@@ -95,7 +97,7 @@ def describe_sources() -> str:
 
 def get(name: str) -> DatasetSpec:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset={name!r}; choose one of {', '.join(names())}, "
+        raise UserError(f"unknown dataset={name!r}; choose one of {', '.join(names())}, "
                          "or register a DatasetSpec for it with pipeline.datasets.register")
     return _REGISTRY[name]
 
@@ -107,7 +109,7 @@ def settings(name: str) -> dict[str, str]:
     configured = dict(config.items(name)) if config.has_section(name) else {}
     for key in configured:
         if key not in defaults:
-            raise ValueError(f"luigi.cfg [{name}] has an unknown setting {key!r}; dataset={name} reads "
+            raise UserError(f"luigi.cfg [{name}] has an unknown setting {key!r}; dataset={name} reads "
                              f"{', '.join(defaults) if defaults else 'no settings'}")
     return {**defaults, **configured}
 
@@ -117,7 +119,7 @@ def check(name: str, source: str) -> None:
     a luigi.cfg section with keys it does not read."""
     if source and get(name).source == NO_SOURCE:
         taking = [other.name for other in _REGISTRY.values() if other.source != NO_SOURCE]
-        raise ValueError(f"dataset={name} takes no source (got {source!r}); source is for {', '.join(taking)}")
+        raise UserError(f"dataset={name} takes no source (got {source!r}); source is for {', '.join(taking)}")
     settings(name)
 
 
@@ -127,7 +129,7 @@ def resolve(name: str, source: str = "", paintings_parts=(1,)) -> Source:
     request = _request(name, source, paintings_parts)
     dataset = get(name)
     if dataset.source == REQUIRED_SOURCE and not (request.source_dir and request.source_dir.is_dir()):
-        raise ValueError(f"dataset={name} needs source= {dataset.source_help}, got {source!r}")
+        raise UserError(f"dataset={name} needs source= {dataset.source_help}, got {source!r}")
     return dataset.resolve(request)
 
 

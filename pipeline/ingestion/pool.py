@@ -12,6 +12,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from ..errors import UserError
 from .decode import RejectedImage, content_hash, decode_image
 
 # Small enough that the workers finish together and progress moves steadily, large
@@ -39,9 +40,9 @@ class DecodeSettings:
 
     def __post_init__(self):
         if self.image_size < 8:
-            raise ValueError(f"image_size must be at least 8, got {self.image_size}")
+            raise UserError(f"image_size must be at least 8, got {self.image_size}")
         if self.max_pixels < 1:
-            raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
+            raise UserError(f"max_pixels must be positive, got {self.max_pixels}")
 
 
 def usable_cores() -> int:

@@ -26,8 +26,9 @@ from ganmodels.rendering import loss_curves_png
 from ..artifacts import storage
 from ..ingestion.decode import RejectedImage, TooManyPixels, decode_full_size
 from ..infill import telea
-from ..artifacts.runs import (INPAINTER_FAMILIES, GENERATOR_FAMILIES, Run, UserError, ancestry, explain, load_run,
-                    loss_columns, run_names, runs_table, training_history)
+from ..artifacts.runs import (INPAINTER_FAMILIES, GENERATOR_FAMILIES, Run, ancestry, load_run, loss_columns, run_names,
+                              runs_table, training_history)
+from ..errors import UserError, explain
 from . import LOOPBACK_HOSTS, pages
 from .models import Models, usable_runs
 

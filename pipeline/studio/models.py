@@ -8,7 +8,8 @@ from ganmodels.dcgan.sampling import generator_from_state
 
 from ..artifacts import storage
 from ..infill import Inpainter
-from ..artifacts.runs import Run, UserError, checkpoint_path, load_run, model_state, run_names
+from ..errors import UserError
+from ..artifacts.runs import Run, checkpoint_path, load_run, model_state, run_names
 
 # Loaded networks kept at once; a default inpainter takes a few MB, so this bounds memory, not speed.
 CACHED_MODELS = 4

@@ -18,9 +18,11 @@ import luigi
 from luigi.task import flatten
 
 from ..artifacts import storage
+from ..errors import OneLineErrors, UserError, explain, explained_as_user_errors
 from ..settings import artifact_root
 
 log = logging.getLogger("luigi-interface")
+log.addFilter(OneLineErrors())  # luigi logs every failure through this logger, with its traceback
 
 MANIFEST = storage.MANIFEST
 _RECORDED_PACKAGES = ("torch", "torchvision", "luigi", "numpy", "pillow", "pandas", "torchmetrics", "boto3")
@@ -36,11 +38,53 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def _name_refusals(parameter: luigi.Parameter, name: str) -> None:
+    """Make `parameter` refuse a value that does not parse with a UserError naming it.
+
+    luigi's parsers raise a bare ValueError ("invalid literal for int()", "foo is not a valid
+    choice") that names neither the parameter nor the task, on the command line and in luigi.cfg.
+    """
+    if getattr(parameter, "refusals_named", False):
+        return
+
+    def naming(method):
+        def call(value):
+            try:
+                return method(value)
+            except ValueError as error:  # int(), float(), choices, booleans, JSON all raise ValueError
+                raise UserError(f"bad value for {name}: {error}") from None
+        return call
+
+    parameter.parse, parameter.normalize = naming(parameter.parse), naming(parameter.normalize)
+    parameter.refusals_named = True
+
+
 class ArtifactTask(luigi.Task):
     """Subclasses implement `build()`, writing their files with `self.open_write(name)`."""
 
+    @classmethod
+    def get_params(cls):
+        """luigi's list of (name, parameter); each parameter refuses a value that does not parse naming itself."""
+        params = super().get_params()
+        for name, parameter in params:
+            _name_refusals(parameter, name)
+        return params
+
+    @classmethod
+    def get_param_values(cls, params, args, kwargs):
+        """luigi's, but a value from luigi.cfg that does not parse stays a UserError (luigi would wrap it)."""
+        family = cls.get_task_family()
+        for name, parameter in params:
+            if name not in kwargs and parameter.has_task_value(family, name):
+                parameter.task_value(family, name)
+        return super().get_param_values(params, args, kwargs)
+
     def upstream(self) -> list["ArtifactTask"]:
         return flatten(self.requires())
+
+    def deps(self):
+        with explained_as_user_errors():  # an upstream task's refused option surfaces here
+            return super().deps()
 
     def source_fingerprint(self) -> str | None:
         """For tasks that read data outside the pipeline: changes whenever that data changes."""
@@ -73,11 +117,16 @@ class ArtifactTask(luigi.Task):
 
     def complete(self) -> bool:
         """A manifest that parses and holds what the pipeline writes; a broken one means run again."""
-        try:
-            return storage.read_manifest(self.directory) is not None
-        except storage.BrokenManifest as error:
-            log.warning("%s: %s", self.get_task_family(), error)
-            return False
+        with explained_as_user_errors():  # the hash builds the upstream tasks, whose options may be refused
+            try:
+                return storage.read_manifest(self.directory) is not None
+            except storage.BrokenManifest as error:
+                log.warning("%s: %s", self.get_task_family(), error)
+                return False
+
+    def on_failure(self, exception: BaseException) -> str:
+        """What the scheduler (and luigid's page) shows: the message alone for a user's error."""
+        return explain(exception) or super().on_failure(exception)
 
     def resolved_config(self) -> dict:
         """The validated configuration this task runs with, saved in its manifest."""

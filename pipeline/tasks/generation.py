@@ -15,6 +15,7 @@ from ganmodels.metrics import patch_swd
 
 from ..artifacts import storage
 from ..artifacts.checkpoints import FINAL_STATE, latest_checkpoint, load_state
+from ..errors import UserError
 from ..training.loops import SNAPSHOT_DIRECTORY
 from .base import log
 from .prepare import PrepareImages
@@ -52,9 +53,9 @@ class TrainDCGAN(TrainingTask):
         self.options = build_options(DCGANConfig, self)
         for name in ("sample_count", "walk_frames_between", "gif_frame_ms"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.walk_keyframes < 2:
-            raise ValueError(f"walk_keyframes must be at least 2, got {self.walk_keyframes}")
+            raise UserError(f"walk_keyframes must be at least 2, got {self.walk_keyframes}")
 
     def snapshot_names(self) -> list[str]:
         """The snapshot grids on disk, earlier attempts' included, in step order."""

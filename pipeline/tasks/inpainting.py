@@ -18,6 +18,7 @@ from ganmodels.glcic.networks import complete
 
 from ..artifacts import storage
 from ..artifacts.checkpoints import FINAL_STATE, latest_checkpoint, load_state
+from ..errors import UserError
 from ..evaluation import (EVALUATION_KINDS, GRID_IMAGES, baseline_fills, evaluate_fills, grid_masks, summarise,
                           weighted_measures)
 from .base import ArtifactTask, log
@@ -41,7 +42,7 @@ class PretrainCompletion(TrainingTask):
         if splits_by_fraction(self.dataset, self.official_split):
             for name in ("val_fraction", "test_fraction"):
                 if getattr(self, name) <= 0:
-                    raise ValueError(f"{name} must be > 0 for the inpainter, whose grids show val images and whose "
+                    raise UserError(f"{name} must be > 0 for the inpainter, whose grids show val images and whose "
                                      f"evaluation uses the test split; got {getattr(self, name)}")
 
     def phase_options(self) -> PhaseOptions:
@@ -70,7 +71,7 @@ class PretrainCompletion(TrainingTask):
         shards = self.requires()["shards"]
         for split in ("val", "test"):  # shards prepared before PrepareImages refused empty splits
             if not shards.split_paths(split):
-                raise ValueError(f"{shards.directory} has no {split} images, which the grids and the evaluation "
+                raise UserError(f"{shards.directory} has no {split} images, which the grids and the evaluation "
                                  f"need; raise {split}_fraction or add images")
         result = self.train(train_shards=shards.split_paths("train"), val_shards=shards.split_paths("val"),
                             mean_pixel=shards.mean_pixel(), start=self.start_path(), final_state=FINAL_STATE)

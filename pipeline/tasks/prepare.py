@@ -11,6 +11,7 @@ from tqdm import tqdm
 from .. import datasets
 from ..artifacts import storage
 from ..datasets import SPLITS
+from ..errors import UserError
 from ..ingestion.pool import DecodeSettings, usable_cores
 from ..ingestion.shards import write_shards
 from ..settings import cache_dir
@@ -62,15 +63,15 @@ class PrepareImages(ArtifactTask):
         super().__init__(*args, **kwargs)
         datasets.check(self.dataset, self.source)
         if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
-            raise ValueError(f"need val_fraction, test_fraction >= 0 with a sum below 1, "
+            raise UserError(f"need val_fraction, test_fraction >= 0 with a sum below 1, "
                              f"got {self.val_fraction} and {self.test_fraction}")
         self.decode_settings = DecodeSettings(self.image_size, self.max_pixels, self.reject_smaller)
         if not 0 <= self.max_rejected_fraction <= 1:
-            raise ValueError(f"max_rejected_fraction must lie in [0, 1], got {self.max_rejected_fraction}")
+            raise UserError(f"max_rejected_fraction must lie in [0, 1], got {self.max_rejected_fraction}")
         if self.decode_workers < 0:
-            raise ValueError(f"decode_workers must be >= 0 (0 = all cores), got {self.decode_workers}")
+            raise UserError(f"decode_workers must be >= 0 (0 = all cores), got {self.decode_workers}")
         if self.shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+            raise UserError(f"shard_size must be >= 1, got {self.shard_size}")
 
     def source_fingerprint(self) -> str | None:
         # A user's folder can gain or lose files under the same path, and a mirror can serve
@@ -84,7 +85,7 @@ class PrepareImages(ArtifactTask):
         source = datasets.resolve(self.dataset, self.source, self.paintings_parts)
         paths = source.files
         if not paths:
-            raise ValueError(f"no files found in {source.folder}")
+            raise UserError(f"no files found in {source.folder}")
         official_split = (source.official_split or {}) if self.official_split else {}
         split_of = {path: official_split.get(path) or datasets.hash_split(path, self.val_fraction, self.test_fraction)
                     for path in paths}
@@ -106,11 +107,11 @@ class PrepareImages(ArtifactTask):
             rejected.to_csv(file, index=False)
 
         if not written.kept:
-            raise RuntimeError(f"no usable images among {len(paths)} files in {source.folder}; "
+            raise UserError(f"no usable images among {len(paths)} files in {source.folder}; "
                                f"see {self.path('rejected.csv')}")
         rejected_share = len(written.rejected) / len(paths)
         if rejected_share > self.max_rejected_fraction:
-            raise RuntimeError(f"{len(written.rejected)} of {len(paths)} files rejected ({rejected_share:.0%}), above "
+            raise UserError(f"{len(written.rejected)} of {len(paths)} files rejected ({rejected_share:.0%}), above "
                                f"max_rejected_fraction={self.max_rejected_fraction}; see {self.path('rejected.csv')}")
         counts = written.split_counts
         self.check_splits(counts, "kept images", bool(official_split))
@@ -139,7 +140,7 @@ class PrepareImages(ArtifactTask):
                 change = "add images or lower val_fraction and test_fraction"
             else:
                 change = f"add images or raise {split}_fraction (or set it to 0 to do without a {split} split)"
-            raise ValueError(f"the {split} split would be empty: the {what} split {shares} (train/val/test) "
+            raise UserError(f"the {split} split would be empty: the {what} split {shares} (train/val/test) "
                              f"with {setting}; {change}")
 
     def split_paths(self, split: str) -> list[str]:

@@ -8,6 +8,7 @@ import luigi
 from ganmodels.runtime import RuntimeOptions
 
 from ..artifacts.checkpoints import list_checkpoints
+from ..errors import UserError
 from ..settings import cache_dir
 from ..training.job import TrainingJob
 from ..training.launch import Placement, run_training
@@ -25,7 +26,7 @@ class distributed(luigi.Config):
     master_port = luigi.IntParameter(default=29500, description="Port on this machine for torch.distributed")
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(UserError):
     """The collapse watch ended the run (on_collapse=stop)."""
 
 
@@ -51,12 +52,12 @@ class TrainingTask(ArtifactTask):
         super().__init__(*args, **kwargs)
         self.runtime_options = build_options(RuntimeOptions, self)
         if self.processes < 1 or self.nodes < 1:
-            raise ValueError(f"processes and nodes must be >= 1, got {self.processes} and {self.nodes}")
+            raise UserError(f"processes and nodes must be >= 1, got {self.processes} and {self.nodes}")
         if self.batch_size % (self.processes * self.nodes):
-            raise ValueError(f"batch_size {self.batch_size} does not split evenly over "
+            raise UserError(f"batch_size {self.batch_size} does not split evenly over "
                              f"{self.processes * self.nodes} training processes")
         if self.keep_checkpoints < 2:
-            raise ValueError(f"keep_checkpoints must be >= 2, so that a damaged newest checkpoint leaves one to "
+            raise UserError(f"keep_checkpoints must be >= 2, so that a damaged newest checkpoint leaves one to "
                              f"resume from; got {self.keep_checkpoints}")
 
     @property

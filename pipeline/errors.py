@@ -7,7 +7,6 @@ anything else, which keeps its traceback. The CLI and the studio print its messa
 `OneLineErrors` turns the records of explained errors into one line.
 """
 import logging
-import re
 import urllib.parse
 from contextlib import contextmanager
 
@@ -64,8 +63,17 @@ def explained_as_user_errors():
         raise UserError(message) from None
 
 
-# How Python's traceback module writes the last line of a UserError's traceback.
-_USER_ERROR_LINE = re.compile(rf"^{re.escape(UserError.__module__)}\.{UserError.__qualname__}: (.*)$", re.MULTILINE)
+# How Python's traceback module starts the last lines of a UserError's traceback, before the message.
+_USER_ERROR_PREFIX = f"\n{UserError.__module__}.{UserError.__qualname__}: "
+_TRACEBACK = "Traceback (most recent call last)"
+
+
+def _final_user_error(text: str) -> str | None:
+    """The message of the UserError that a traceback's text ends with, if it ends with one."""
+    start = text.rfind(_USER_ERROR_PREFIX)
+    if start < 0 or _TRACEBACK in text[start:]:  # another error followed it: that one is the failure
+        return None
+    return text[start + len(_USER_ERROR_PREFIX):].rstrip("\n")
 
 
 class OneLineErrors(logging.Filter):
@@ -79,9 +87,8 @@ class OneLineErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None:
             message = explain(record.exc_info[1])
-        elif "Traceback (most recent call last)" in str(record.msg):
-            found = _USER_ERROR_LINE.findall(record.getMessage())
-            message = found[-1] if found else None
+        elif _TRACEBACK in str(record.msg):
+            message = _final_user_error(record.getMessage())
         else:
             message = None
         if message is not None:

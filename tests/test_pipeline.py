@@ -217,6 +217,14 @@ def test_only_explained_errors_lose_their_traceback():
     assert bug.startswith("ERROR: failed\nTraceback (most recent call last)") and "KeyError: 'missing'" in bug
     text = _traceback_of(KeyError("missing"), explained=True)
     assert shown(_luigi_record("Will not run X:\n" + text)) == "ERROR: Will not run X:\n" + text
+    try:  # a bug while handling a user's error is still a bug
+        try:
+            raise UserError("refused")
+        except UserError:
+            {}["missing"]
+    except KeyError:
+        chained = traceback.format_exc()
+    assert shown(_luigi_record("Will not run X:\n" + chained)) == "ERROR: Will not run X:\n" + chained
 
 
 def test_killed_training_resumes_from_its_checkpoint(tmp_path):

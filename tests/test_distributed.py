@@ -173,6 +173,20 @@ def test_the_training_entry_point_refuses_to_outlive_its_parent():
     assert result.returncode == 1 and "the process that started this one has exited" in result.stderr
 
 
+def test_the_training_entry_point_refuses_a_mistake_in_one_line():
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    joined = subprocess.run(worker_command("join", "--nnodes", "2", "--node-rank", "0", "--master-addr", "127.0.0.1"),
+                            cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=120)
+    assert joined.returncode == 2 and "Traceback" not in joined.stderr
+    assert joined.stderr.splitlines()[-1].endswith(
+        "error: --node-rank must be >= 1: node 0 is the machine running the luigi task")
+    alone = subprocess.run(worker_command("train"), input="", cwd=REPO_ROOT, capture_output=True, text=True, env=env,
+                           timeout=120)
+    assert alone.returncode == 1 and "Traceback" not in alone.stderr
+    assert alone.stderr.splitlines()[-1] == \
+        "error: rank 0 reads its job on its standard input, from the luigi task that starts it"
+
+
 def test_a_finished_training_process_exits_0_without_finalizing_the_interpreter():
     # Freeing gloo's objects while the interpreter is torn down aborts about one exit in twenty of two CPU
     # processes, which no test can trigger on demand; what prevents it is that a finished process never

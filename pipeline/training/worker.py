@@ -47,7 +47,7 @@ def _train(device: str) -> None:
     # Before joining: the task writes the job into a pipe and waits until it is read.
     payload = sys.stdin.buffer.read() if os.environ.get("RANK", "0") == "0" else None
     if payload == b"":
-        raise ValueError("rank 0 reads its job on its standard input, from the luigi task that starts it")
+        sys.exit("error: rank 0 reads its job on its standard input, from the luigi task that starts it")
     world = join_world(device)
     job = TrainingJob.from_json(world.broadcast_bytes(payload))
     summary = LOOPS[job.kind](job, world, JobOutput(job, world.is_main))
@@ -65,8 +65,6 @@ def _torchrun(arguments: list[str]) -> None:
 
 def _join(options: argparse.Namespace) -> None:
     """Serve the training jobs of a luigi worker on another machine, one after another."""
-    if options.node_rank < 1:
-        raise ValueError("--node-rank must be >= 1: node 0 is the machine running the luigi task")
     while True:
         arguments = [f"--nproc-per-node={options.nproc_per_node}", f"--nnodes={options.nnodes}",
                      f"--node-rank={options.node_rank}", f"--master-addr={options.master_addr}",
@@ -101,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     join.add_argument("--device", default="auto")
     join.add_argument("--once", action="store_true", help="serve one job, then exit with its status")
     options = parser.parse_args(argv)
+    if options.command == "join" and options.node_rank < 1:
+        parser.error("--node-rank must be >= 1: node 0 is the machine running the luigi task")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(levelname)s: [{options.command} rank {os.environ.get('RANK', '0')}] %(message)s")
     if options.command == "join":

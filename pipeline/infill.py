@@ -12,8 +12,8 @@ import torch
 from ganmodels.glcic.inference import load_completion, paste, predict, size_multiple
 from ganmodels.rendering import to_uint8
 
-# The evaluation's classical baseline, so that Telea here is the Telea of the metrics table.
 from .errors import UserError
+# The evaluation's classical baseline, so that Telea here is the Telea of the metrics table.
 from .evaluation import CLASSICAL_RADIUS, classical_inpaint
 
 

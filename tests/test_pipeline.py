@@ -163,19 +163,23 @@ def test_shards_hold_every_kept_image_in_path_order_and_the_train_mean(artifact_
     assert np.allclose(shards.mean_pixel(), train.mean(axis=(0, 2, 3)) / 255)
 
 
-@pytest.mark.parametrize("parameters, status, message", [
+@pytest.mark.parametrize("parameters, in_config, status, message", [
     # run() fails: a task failed, status [retcode] task_failed
-    ({"dataset": "folder", "source": "{tmp}/missing"}, 30,
+    ({"dataset": "folder", "source": "{tmp}/missing"}, False, 30,
      "dataset=folder needs source= an existing directory of images, got '{tmp}/missing'"),
     # an upstream task's option is refused while the tasks are scheduled: scheduling_error
-    ({"alpha": -1}, 35, "alpha must be >= 0, got -1.0"),
+    ({"alpha": -1}, False, 35, "alpha must be >= 0, got -1.0"),
     # the command line's own task cannot be built: unhandled_exception
-    ({"image_size": "abc"}, 40, "bad value for image_size: invalid literal for int() with base 10: 'abc'"),
-    ({"upsample": "bilinear"}, 40, "bad value for upsample: bilinear is not a valid choice from"),
+    ({"image_size": "abc"}, False, 40, "bad value for image_size: invalid literal for int() with base 10: 'abc'"),
+    ({"upsample": "bilinear"}, False, 40, "bad value for upsample: bilinear is not a valid choice from"),
+    ({"lr_completion": "fast"}, True, 40, "bad value for lr_completion: could not convert string to float: 'fast'"),
 ])
-def test_a_users_mistake_is_one_error_line_and_a_non_zero_exit(tmp_path, parameters, status, message):
+def test_a_users_mistake_is_one_error_line_and_a_non_zero_exit(tmp_path, parameters, in_config, status, message):
     parameters = {name: str(value).format(tmp=tmp_path) for name, value in parameters.items()}
-    result = run_luigi(write_config(tmp_path), "TrainInpainter", *cli_args(**parameters))
+    if in_config:  # [TrainInpainter] in luigi.cfg rather than on the command line
+        result = run_luigi(write_config(tmp_path, TrainInpainter=parameters), "TrainInpainter")
+    else:
+        result = run_luigi(write_config(tmp_path), "TrainInpainter", *cli_args(**parameters))
     output = result.stdout + result.stderr
     assert result.returncode == status, output[-3000:]
     errors = [line for line in output.splitlines() if line.startswith("error: ")]

@@ -7,6 +7,7 @@ from ganmodels.feeding import ImageBank
 from ganmodels.glcic.config import ModelConfig, PhaseOptions
 from ganmodels.glcic.networks import build_networks, fill_holes
 from ganmodels.glcic.training import completion_step, train_phase
+from ganmodels.losses import detail_gradient_only
 from ganmodels.masks import MaskConfig, holes_to_mask, patch_origins, sample_holes
 from ganmodels.runtime import Runtime
 
@@ -165,8 +166,6 @@ def test_the_known_pixels_weigh_only_when_asked(loss):
 def test_the_adversarial_gradient_can_be_kept_from_the_coarse_colours():
     """detail_gradient_only changes no value; the gradient of a loss of block averages shrinks more than tenfold,
     that of a pixel checkerboard passes."""
-    from ganmodels.losses import detail_gradient_only
-
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     checker = ((torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 2 - 1).float()
 

@@ -98,7 +98,7 @@ def describe_sources() -> str:
 def get(name: str) -> DatasetSpec:
     if name not in _REGISTRY:
         raise UserError(f"unknown dataset={name!r}; choose one of {', '.join(names())}, "
-                         "or register a DatasetSpec for it with pipeline.datasets.register")
+                        "or register a DatasetSpec for it with pipeline.datasets.register")
     return _REGISTRY[name]
 
 
@@ -110,7 +110,7 @@ def settings(name: str) -> dict[str, str]:
     for key in configured:
         if key not in defaults:
             raise UserError(f"luigi.cfg [{name}] has an unknown setting {key!r}; dataset={name} reads "
-                             f"{', '.join(defaults) if defaults else 'no settings'}")
+                            f"{', '.join(defaults) if defaults else 'no settings'}")
     return {**defaults, **configured}
 
 

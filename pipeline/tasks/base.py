@@ -72,12 +72,13 @@ class ArtifactTask(luigi.Task):
 
     @classmethod
     def get_param_values(cls, params, args, kwargs):
-        """luigi's, but a value from luigi.cfg that does not parse stays a UserError (luigi would wrap it)."""
-        family = cls.get_task_family()
-        for name, parameter in params:
-            if name not in kwargs and parameter.has_task_value(family, name):
-                parameter.task_value(family, name)
-        return super().get_param_values(params, args, kwargs)
+        """luigi's, but a value from luigi.cfg that does not parse stays the UserError it raised."""
+        try:
+            return super().get_param_values(params, args, kwargs)
+        except ValueError as error:  # luigi wraps what reading a luigi.cfg value raises in a ValueError
+            if isinstance(error.__cause__, UserError):
+                raise error.__cause__ from None
+            raise
 
     def upstream(self) -> list["ArtifactTask"]:
         return flatten(self.requires())

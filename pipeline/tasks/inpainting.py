@@ -43,7 +43,7 @@ class PretrainCompletion(TrainingTask):
             for name in ("val_fraction", "test_fraction"):
                 if getattr(self, name) <= 0:
                     raise UserError(f"{name} must be > 0 for the inpainter, whose grids show val images and whose "
-                                     f"evaluation uses the test split; got {getattr(self, name)}")
+                                    f"evaluation uses the test split; got {getattr(self, name)}")
 
     def phase_options(self) -> PhaseOptions:
         """The options of this phase and of the phases before it, in PhaseOptions' order."""
@@ -72,7 +72,7 @@ class PretrainCompletion(TrainingTask):
         for split in ("val", "test"):  # shards prepared before PrepareImages refused empty splits
             if not shards.split_paths(split):
                 raise UserError(f"{shards.directory} has no {split} images, which the grids and the evaluation "
-                                 f"need; raise {split}_fraction or add images")
+                                f"need; raise {split}_fraction or add images")
         result = self.train(train_shards=shards.split_paths("train"), val_shards=shards.split_paths("val"),
                             mean_pixel=shards.mean_pixel(), start=self.start_path(), final_state=FINAL_STATE)
         with self.open_write("history.csv") as file:

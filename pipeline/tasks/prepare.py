@@ -64,7 +64,7 @@ class PrepareImages(ArtifactTask):
         datasets.check(self.dataset, self.source)
         if not (0 <= self.val_fraction and 0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
             raise UserError(f"need val_fraction, test_fraction >= 0 with a sum below 1, "
-                             f"got {self.val_fraction} and {self.test_fraction}")
+                            f"got {self.val_fraction} and {self.test_fraction}")
         self.decode_settings = DecodeSettings(self.image_size, self.max_pixels, self.reject_smaller)
         if not 0 <= self.max_rejected_fraction <= 1:
             raise UserError(f"max_rejected_fraction must lie in [0, 1], got {self.max_rejected_fraction}")
@@ -108,11 +108,11 @@ class PrepareImages(ArtifactTask):
 
         if not written.kept:
             raise UserError(f"no usable images among {len(paths)} files in {source.folder}; "
-                               f"see {self.path('rejected.csv')}")
+                            f"see {self.path('rejected.csv')}")
         rejected_share = len(written.rejected) / len(paths)
         if rejected_share > self.max_rejected_fraction:
             raise UserError(f"{len(written.rejected)} of {len(paths)} files rejected ({rejected_share:.0%}), above "
-                               f"max_rejected_fraction={self.max_rejected_fraction}; see {self.path('rejected.csv')}")
+                            f"max_rejected_fraction={self.max_rejected_fraction}; see {self.path('rejected.csv')}")
         counts = written.split_counts
         self.check_splits(counts, "kept images", bool(official_split))
         mean_pixel = written.mean_pixel()
@@ -141,7 +141,7 @@ class PrepareImages(ArtifactTask):
             else:
                 change = f"add images or raise {split}_fraction (or set it to 0 to do without a {split} split)"
             raise UserError(f"the {split} split would be empty: the {what} split {shares} (train/val/test) "
-                             f"with {setting}; {change}")
+                            f"with {setting}; {change}")
 
     def split_paths(self, split: str) -> list[str]:
         """The shard files of one split, in shard order."""

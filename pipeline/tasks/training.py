@@ -55,10 +55,10 @@ class TrainingTask(ArtifactTask):
             raise UserError(f"processes and nodes must be >= 1, got {self.processes} and {self.nodes}")
         if self.batch_size % (self.processes * self.nodes):
             raise UserError(f"batch_size {self.batch_size} does not split evenly over "
-                             f"{self.processes * self.nodes} training processes")
+                            f"{self.processes * self.nodes} training processes")
         if self.keep_checkpoints < 2:
             raise UserError(f"keep_checkpoints must be >= 2, so that a damaged newest checkpoint leaves one to "
-                             f"resume from; got {self.keep_checkpoints}")
+                            f"resume from; got {self.keep_checkpoints}")
 
     @property
     def resources(self):

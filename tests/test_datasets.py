@@ -173,10 +173,26 @@ def test_the_offline_sample_is_split_by_photograph(artifact_root):
     assert {photo for photo, found in photo_splits.items() if found != {"train"}} == set(sample.SPLIT)
     assert {photo: found.pop() for photo, found in photo_splits.items() if photo in sample.SPLIT} == \
         sample.SPLIT
+    assert "leaves" in photo_splits  # the dead-leaves images train only
     assert summary["split"] == "official"
     crops = sample.CROPS_PER_PHOTO
-    assert summary["split_counts"] == {"train": crops * (len(sample.PHOTOS) - 3), "val": crops,
+    assert summary["split_counts"] == {"train": crops * (len(sample.PHOTOS) - 3) + sample.LEAVES, "val": crops,
                                        "test": 2 * crops}
+
+
+def test_dead_leaves_cover_the_canvas_with_palette_colours_at_every_scale():
+    palette = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [20, 20, 20]], np.uint8)
+    drawn = [np.asarray(sample.dead_leaves(np.random.default_rng(seed), palette, blur=(0, 0))) for seed in range(4)]
+    for pixels in drawn:
+        assert pixels.shape == (sample.CROP_SIZE, sample.CROP_SIZE, 3)
+        # every pixel belongs to a disc, and no pixel is black, a colour the palette lacks
+        assert (pixels[:, :, None, :] == palette).all(-1).any(-1).all()
+        # edges at every scale: neighbours differ somewhere, yet large areas are one colour
+        assert 0.02 < (pixels[1:] != pixels[:-1]).any(-1).mean() < 0.5
+    again = np.asarray(sample.dead_leaves(np.random.default_rng(0), palette, blur=(0, 0)))
+    assert (again == drawn[0]).all() and not (drawn[0] == drawn[1]).all()
+    blurred = np.asarray(sample.dead_leaves(np.random.default_rng(0), palette))
+    assert (blurred != drawn[0]).any()  # the optics' soft edges
 
 
 def test_source_is_refused_where_the_dataset_takes_none(tmp_path):

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from ganmodels.glcic.networks import HARMONIC_SWEEPS, CompletionNetwork, fill_holes, smooth_fill
+from bench.plain import plain_relax
+from ganmodels.glcic.networks import HARMONIC_SWEEPS, CompletionNetwork, fill_holes, jacobi_sweep, smooth_fill
 
 
 def _square_hole(batch: int, size: int, top: int, side: int) -> torch.Tensor:
@@ -58,6 +59,14 @@ def test_the_harmonic_fill_is_near_the_converged_solution_of_laplaces_equation()
     pull_push_error = (smooth_fill(images, mask) - converged)[hole].abs().mean()
     harmonic_error = (fill_holes(images, mask, torch.full((3,), 0.5), "harmonic") - converged)[hole].abs().mean()
     assert harmonic_error < 0.5 * pull_push_error
+
+
+def test_a_jacobi_sweep_gives_the_bits_of_the_plain_formula():
+    generator = torch.Generator().manual_seed(3)
+    filled, colour = torch.rand(2, 4, 3, 16, 16, generator=generator)
+    share = torch.rand(4, 1, 16, 16, generator=generator).round()
+    colour = colour * share
+    assert torch.equal(jacobi_sweep(filled, colour, 1 - share), plain_relax(filled, colour, share))
 
 
 def test_the_fill_is_the_same_in_either_memory_layout_and_keeps_the_one_it_was_given():

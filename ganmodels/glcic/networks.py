@@ -208,17 +208,29 @@ def smooth_fill(images: torch.Tensor, mask: torch.Tensor, sweeps: int = 0) -> to
         shares.append(F.avg_pool2d(shares[-1], 2, ceil_mode=True))
     filled = colours[-1] / shares[-1].clamp_min(1e-8)
     for colour, share in zip(reversed(colours[:-1]), reversed(shares[:-1])):
+        unknown = 1 - share
         coarser = F.interpolate(filled, size=colour.shape[-2:], mode="bilinear", align_corners=False)
-        filled = colour + (1 - share) * coarser
+        filled = colour + unknown * coarser
         for _ in range(sweeps):
-            filled = colour + (1 - share) * _neighbour_mean(filled)
+            filled = jacobi_sweep(filled, colour, unknown)
     return filled.contiguous(memory_format=layout)
 
 
-def _neighbour_mean(images: torch.Tensor) -> torch.Tensor:
-    """The mean of each pixel's four neighbours; the border repeats the edge pixels (no flux across it)."""
-    padded = F.pad(images, (1, 1, 1, 1), mode="replicate")
-    return 0.25 * (padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:] + padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1])
+def jacobi_sweep(filled: torch.Tensor, colour: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
+    """One Jacobi sweep: colour + unknown * (the mean of each pixel's four neighbours), where the border
+    repeats the edge pixels (no flux across it).
+
+    In place on one new tensor, in the order of the plain expression: bit for bit the same, with
+    fewer of the small operations that the many sweeps of a batch spend their time on
+    (bench/hole_fill.py times both).
+    """
+    padded = F.pad(filled, (1, 1, 1, 1), mode="replicate")
+    relaxed = padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:]
+    relaxed += padded[..., :-2, 1:-1]
+    relaxed += padded[..., 2:, 1:-1]
+    relaxed *= 0.25
+    relaxed *= unknown
+    return relaxed.add_(colour)
 
 
 def fill_holes(images: torch.Tensor, mask: torch.Tensor, mean_pixel: torch.Tensor, how: str = "mean") -> torch.Tensor:

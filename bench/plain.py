@@ -59,12 +59,12 @@ def reference_mask(holes: list[tuple[int, int, int, int]], image_size: int) -> t
     return mask
 
 
-def plain_relax(filled: torch.Tensor, colour: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+def plain_relax(filled: torch.Tensor, colour: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
     """One Jacobi sweep of the harmonic fill written as the formula reads: the known colour plus the
     unknown share times the mean of the four neighbours (edge pixels repeated)."""
     padded = torch.nn.functional.pad(filled, (1, 1, 1, 1), mode="replicate")
     neighbours = padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:] + padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1]
-    return colour + (1 - share) * (0.25 * neighbours)
+    return colour + unknown * (0.25 * neighbours)
 
 
 def _epochs(loader: DataLoader) -> Iterator[torch.Tensor]:

@@ -66,7 +66,7 @@ def test_a_jacobi_sweep_gives_the_bits_of_the_plain_formula():
     filled, colour = torch.rand(2, 4, 3, 16, 16, generator=generator)
     share = torch.rand(4, 1, 16, 16, generator=generator).round()
     colour = colour * share
-    assert torch.equal(jacobi_sweep(filled, colour, 1 - share), plain_relax(filled, colour, share))
+    assert torch.equal(jacobi_sweep(filled, colour, 1 - share), plain_relax(filled, colour, 1 - share))
 
 
 def test_the_fill_is_the_same_in_either_memory_layout_and_keeps_the_one_it_was_given():

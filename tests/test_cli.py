@@ -55,6 +55,8 @@ def test_runs_lists_every_task_directory_with_its_status_and_filters(run_root, c
     final = next(row for row in rows if row.lstrip().startswith("TrainInpainter"))
     assert "box: psnr_hole model" in final and "strokes: psnr_hole model" in final and "best baseline" in final
     assert "phase3_steps=4" in final
+    # Beyond the key parameters, those that differ from their defaults tell runs apart; the rest do not show.
+    assert "batch_size=4" in final and "alpha=" not in final and "log_every=" not in final
 
     assert len(table_rows(run_command(capsys, "runs", "--root", run_root, "--family", "rendereVALgrid")[1])) == 3
     assert "no matching runs" in run_command(capsys, "runs", "--root", run_root, "--family", "RenderEval")[1]

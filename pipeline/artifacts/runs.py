@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
+from luigi.parameter import MissingParameterException
+from luigi.task_register import Register, TaskClassException
 
 from ..errors import UserError
 from . import storage
@@ -199,7 +201,31 @@ def key_metrics(summary: dict) -> str:
 
 
 def key_parameters(run: Run) -> str:
-    return " ".join(f"{key}={run.parameters[key]}" for key in KEY_PARAMETERS if key in run.parameters)
+    """KEY_PARAMETERS, then every other parameter the run was given that differs from what its task
+    would run with now, so that runs differing only in, say, `seed` can be told apart."""
+    shown = {key: run.parameters[key] for key in KEY_PARAMETERS if key in run.parameters}
+    shown.update(changed_parameters(run))
+    return " ".join(f"{key}={value}" for key, value in shown.items())
+
+
+def changed_parameters(run: Run) -> dict[str, str]:
+    """The run's significant parameters whose values differ from their task's default or luigi.cfg's."""
+    try:
+        declared = dict(Register.get_task_cls(run.family).get_params())
+    except TaskClassException:  # a family this version of the pipeline does not define
+        return {}
+    changed = {}
+    for name, value in run.parameters.items():
+        parameter = declared.get(name)
+        if name in KEY_PARAMETERS or parameter is None or not parameter.significant:
+            continue
+        try:
+            current = parameter.serialize(parameter.task_value(run.family, name))
+        except MissingParameterException:  # no default: the value is the run's own
+            current = None
+        if current != value:
+            changed[name] = value
+    return changed
 
 
 def runs_table(root: str, family: str | None = None, dataset: str | None = None) -> pd.DataFrame:

@@ -37,13 +37,29 @@ def upsample_norm_act(c_in, c_out, upsample: str):
 
 # Keeps the fill's logits finite where it is exactly black or white.
 FILL_EPSILON = 1e-3
+# Largest difference between a pixel's channels (in [0, 1]) for which an image counts as greyscale: a grey
+# photograph stored as RGB decodes with equal channels, give or take rounding.
+GREY_TOLERANCE = 2 / 255
+
+
+def keep_grey(x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """`output` with each image whose known pixels are all grey made grey (the mean of its channels).
+
+    x: the network input (the filled image, then the mask). A greyscale photograph must be
+    completed in grey; left to itself the adversarial phase tints such fills a little, which
+    both the pixel metrics and the realism measures catch.
+    """
+    image, known = x[:, :3], x[:, 3:] < 0.5
+    spread = (image.amax(1, keepdim=True) - image.amin(1, keepdim=True)).masked_fill(~known, 0)
+    grey = (spread.flatten(1).amax(1) <= GREY_TOLERANCE) & known.flatten(1).any(1)
+    return torch.where(grey[:, None, None, None], output.mean(1, keepdim=True).expand_as(output), output)
 
 
 class CompletionNetwork(nn.Module):
     """GLCIC completion network: strided encoder, four dilated convolutions, a decoder back to full size.
 
     Input: 4 channels (the image with its holes filled as `hole_fill` says, then the mask).
-    Output: an RGB image in [0, 1] of the same size. With a fill made from the image itself
+    Output: an RGB image in [0, 1] of the same size, grey where the known pixels are (keep_grey). With a fill made from the image itself
     (not the mean pixel) the last layer predicts a correction to that fill, in logits, and
     starts at zero: the network begins as the interpolation and learns what to add to it,
     instead of first learning to copy it.
@@ -83,7 +99,7 @@ class CompletionNetwork(nn.Module):
             nn.init.zeros_(self.layers[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fill, kept = x[:, :3], {}  # kept: only the encoder outputs a skip joins, so inference holds no more
+        network_input, fill, kept = x, x[:, :3], {}  # kept: only the encoder outputs a skip joins, so inference holds no more
         for index, layer in enumerate(self.layers):
             if self.skips and index in self.SKIPS:
                 x = torch.cat([x, kept.pop(self.SKIPS[index])], dim=1)
@@ -91,8 +107,8 @@ class CompletionNetwork(nn.Module):
             if self.skips and index in self.SKIPS.values():
                 kept[index] = x
         if self.hole_fill == "mean":
-            return torch.sigmoid(x)
-        return torch.sigmoid(torch.logit(fill.clamp(FILL_EPSILON, 1 - FILL_EPSILON)) + x)
+            return keep_grey(network_input, torch.sigmoid(x))
+        return keep_grey(network_input, torch.sigmoid(torch.logit(fill.clamp(FILL_EPSILON, 1 - FILL_EPSILON)) + x))
 
 
 def _strided_encoder(size: int, width: float) -> tuple[nn.Sequential, int]:
@@ -142,7 +158,7 @@ class InfillGenerator(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        return keep_grey(x, self.layers(x))
 
 
 class CheckerDiscriminator(nn.Module):

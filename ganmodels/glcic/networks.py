@@ -59,10 +59,10 @@ class CompletionNetwork(nn.Module):
     """GLCIC completion network: strided encoder, four dilated convolutions, a decoder back to full size.
 
     Input: 4 channels (the image with its holes filled as `hole_fill` says, then the mask).
-    Output: an RGB image in [0, 1] of the same size, grey where the known pixels are (keep_grey). With a fill made from the image itself
-    (not the mean pixel) the last layer predicts a correction to that fill, in logits, and
-    starts at zero: the network begins as the interpolation and learns what to add to it,
-    instead of first learning to copy it.
+    Output: an RGB image in [0, 1] of the same size, grey where the known pixels are (keep_grey).
+    With a fill made from the image itself (not the mean pixel) the last layer predicts a
+    correction to that fill, in logits, and starts at zero: the network begins as the
+    interpolation and learns what to add to it, instead of first learning to copy it.
 
     With `skips`, the decoder's layers at half and at full resolution also receive the
     encoder's features of that resolution (as in a U-Net), so that fine detail next to a
@@ -98,17 +98,17 @@ class CompletionNetwork(nn.Module):
             nn.init.zeros_(self.layers[-1].weight)
             nn.init.zeros_(self.layers[-1].bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        network_input, fill, kept = x, x[:, :3], {}  # kept: only the encoder outputs a skip joins, so inference holds no more
+    def forward(self, network_input: torch.Tensor) -> torch.Tensor:
+        x, kept = network_input, {}  # kept: only the encoder outputs a skip joins, so inference holds no more
         for index, layer in enumerate(self.layers):
             if self.skips and index in self.SKIPS:
                 x = torch.cat([x, kept.pop(self.SKIPS[index])], dim=1)
             x = layer(x)
             if self.skips and index in self.SKIPS.values():
                 kept[index] = x
-        if self.hole_fill == "mean":
-            return keep_grey(network_input, torch.sigmoid(x))
-        return keep_grey(network_input, torch.sigmoid(torch.logit(fill.clamp(FILL_EPSILON, 1 - FILL_EPSILON)) + x))
+        if self.hole_fill != "mean":
+            x = x + torch.logit(network_input[:, :3].clamp(FILL_EPSILON, 1 - FILL_EPSILON))
+        return keep_grey(network_input, torch.sigmoid(x))
 
 
 def _strided_encoder(size: int, width: float) -> tuple[nn.Sequential, int]:

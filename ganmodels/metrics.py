@@ -32,10 +32,38 @@ def ssim(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return structural_similarity_index_measure(predicted, target, data_range=1.0, reduction="none")
 
 
+_SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8
+
+
+def _gradients(images: torch.Tensor) -> torch.Tensor:
+    """Each channel's Sobel derivatives, (N, 2C, H, W): intensity change per pixel across x, then y."""
+    kernels = torch.stack([_SOBEL, _SOBEL.T]).to(images)[:, None].repeat(images.shape[1], 1, 1, 1)
+    return torch.nn.functional.conv2d(torch.nn.functional.pad(images, (1,) * 4, mode="replicate"), kernels,
+                                      groups=images.shape[1])
+
+
+def border_ring(mask: torch.Tensor) -> torch.Tensor:
+    """The pixels whose 3x3 neighbourhood holds both hole and known pixels: where a gradient crosses the border."""
+    near_hole = torch.nn.functional.max_pool2d(mask, 3, stride=1, padding=1)
+    near_known = torch.nn.functional.max_pool2d(1 - mask, 3, stride=1, padding=1)
+    return near_hole * near_known
+
+
+def border_gradient_error(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between the completed and the real image's gradients across each hole's border.
+
+    A seam, a step in brightness or a dark outline where the fill meets the known pixels changes the
+    gradients in the ring of pixels that straddles the border (border_ring) even when it barely moves
+    the hole's PSNR; a fill that continues the image as the real one does scores 0.
+    """
+    return _hole_mean((_gradients(predicted) - _gradients(target)).abs(), border_ring(mask))
+
+
 def inpainting_metrics(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"psnr_hole": hole_psnr(predicted, target, mask),
             "l1_hole": hole_l1(predicted, target, mask),
-            "ssim": ssim(predicted, target)}
+            "ssim": ssim(predicted, target),
+            "border_error": border_gradient_error(predicted, target, mask)}
 
 
 # --- Realism: measures that need no pretrained weights ------------------------------------------
@@ -160,6 +188,9 @@ class _RealismClassifier(torch.nn.Module):
 
 
 C2ST_PATCHES_PER_IMAGE = 16
+# Patches stop growing with the image here: larger ones cost the classifier quadratically more
+# and the seams, stripes and blocks it should catch are a few pixels wide at every size.
+C2ST_LARGEST_PATCH = 32
 C2ST_EPOCHS = 12
 C2ST_BATCH = 64
 
@@ -168,7 +199,7 @@ def classifier_two_sample_accuracy(real: torch.Tensor, completed: torch.Tensor, 
                                    seed: int = 0) -> float:
     """How well a classifier trained from scratch tells real hole regions from completed ones.
 
-    Each image gives C2ST_PATCHES_PER_IMAGE patches of a quarter of its side (at least 8 px),
+    Each image gives C2ST_PATCHES_PER_IMAGE patches of a quarter of its side (8 to C2ST_LARGEST_PATCH px),
     each centred on a random hole pixel, with the mask as a fourth channel, once from the
     real image and once from the completed one at the same places. The images are split in
     two halves at random; a classifier trained on the patches of one half is scored on those
@@ -178,7 +209,7 @@ def classifier_two_sample_accuracy(real: torch.Tensor, completed: torch.Tensor, 
     """
     generator = torch.Generator().manual_seed(seed)
     real, completed, mask = real.float().cpu(), completed.float().cpu(), mask.float().cpu()
-    size, patch = real.shape[-1], max(real.shape[-1] // 4, 8)
+    size, patch = real.shape[-1], min(max(real.shape[-1] // 4, 8), C2ST_LARGEST_PATCH)
     weights = mask.flatten(1).clone()
     weights[weights.sum(1) == 0] = 1  # a mask without a hole: anywhere
     centres = torch.multinomial(weights, C2ST_PATCHES_PER_IMAGE, replacement=True, generator=generator)

@@ -6,6 +6,7 @@ method and kind, over the set: the hole-patch sliced Wasserstein distance and th
 of a classifier two-sample test (ganmodels.metrics). Results are reported per kind and per
 hole-area bucket, as the inpainting papers do.
 """
+import dataclasses
 import logging
 import os
 from typing import Callable, Sequence
@@ -26,7 +27,7 @@ CLASSICAL_RADIUS = 3  # neighbourhood, in pixels, that OpenCV's inpainting draws
 EVALUATION_KINDS = ("box", "strokes")
 GRID_IMAGES = 8  # validation images of the fixed grids, in TensorBoard during training and in RenderEvalGrid
 AREA_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # hole area as a share of the image
-PIXEL_METRICS = ("psnr_hole", "l1_hole", "ssim")
+PIXEL_METRICS = ("psnr_hole", "l1_hole", "ssim", "border_error")
 REALISM_METRICS = ("swd_hole", "c2st_accuracy")
 # The metrics that grow as fills get better; every other one shrinks.
 HIGHER_IS_BETTER = ("psnr_hole", "ssim")
@@ -224,3 +225,45 @@ def summarise(per_image: pd.DataFrame, realism: pd.DataFrame) -> dict:
         summary["by_area"].setdefault(kind, {}).setdefault(bucket, {})[method] = {
             key: (int(value) if key == "n" else value) for key, value in values.items()}
     return summary
+
+
+def scoring_subset(paths: Sequence[str], count: int, seed: int) -> list[str]:
+    """A fixed subset of `count` of the paths (all of them if fewer), drawn by `seed`, in path order:
+    the same images at every size and in every run with the same files."""
+    order = np.random.default_rng(seed).permutation(len(paths))
+    return sorted(sorted(paths)[index] for index in order[:count])
+
+
+def evaluate_sizes(sets: dict[int, dict[int, np.ndarray]], fills: dict[str, Fill], mask_config: MaskConfig,
+                   seed: int, batch_size: int = 64,
+                   measures: Callable[[], dict[str, Measure]] = dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """evaluate_fills at every scoring size: sets is {size: {side: (N, 3, side, side) uint8}}, where a side
+    below the size holds the images kept at their own, smaller size. Masks are drawn at each side with
+    the same fractions of the image, so holes grow with it. Rows gain `size` and `side`; realism rows
+    also `n`, the images they rest on. `measures` makes fresh weighted measures per set of images."""
+    per_image, realism = [], []
+    for size, groups in sets.items():
+        first_image = 0
+        for side, images in groups.items():
+            scored, measured = evaluate_fills([images], fills, dataclasses.replace(mask_config, image_size=side),
+                                              seed, batch_size, measures=measures())
+            per_image.append(scored.assign(size=size, side=side, image=scored["image"] + first_image))
+            realism.append(measured.assign(size=size, side=side, n=len(images)))
+            first_image += len(images)
+    return pd.concat(per_image, ignore_index=True), pd.concat(realism, ignore_index=True)
+
+
+def summarise_sizes(per_image: pd.DataFrame, realism: pd.DataFrame, training_size: int) -> dict:
+    """metrics.json: summarise() of the training size at the top level, and of every size under
+    `sizes`, each with `n_at_own_size`, the images whose source was smaller and were scored at their
+    own size. A size's realism measures are the means over its sides, weighted by their images."""
+    sizes = {}
+    for size, rows in per_image.groupby("size"):
+        measured = realism[realism["size"] == size]
+        weights = measured["n"] / measured.groupby(["method", "kind"])["n"].transform("sum")
+        columns = [column for column in measured.columns if column not in ("method", "kind", "size", "side", "n")]
+        combined = measured[columns].mul(weights, axis=0).groupby([measured["method"], measured["kind"]]).sum()
+        summary = summarise(rows.drop(columns=["size", "side"]), combined.reset_index())
+        summary["n_at_own_size"] = int(rows.loc[rows["side"] < size, "image"].nunique())
+        sizes[str(size)] = summary
+    return {**sizes[str(training_size)], "image_size": training_size, "sizes": sizes}

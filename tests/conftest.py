@@ -20,7 +20,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny settings that exercise every phase in seconds on a CPU.
 TINY = dict(dataset="folder", image_size=32, width=0.125, batch_size=4, shard_size=16,
             phase1_steps=6, phase2_steps=3, phase3_steps=4, checkpoint_every=3, log_every=2,
-            grid_images=4, decode_workers=1)
+            grid_images=4, decode_workers=1, eval_sizes=[40])
 
 
 def make_images(folder, count, size=48, seed=0, prefix="img"):

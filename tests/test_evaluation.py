@@ -8,7 +8,8 @@ from luigi.task_register import Register
 
 from ganmodels.masks import MaskConfig, bounding_boxes
 from pipeline import evaluation
-from pipeline.evaluation import area_bucket, evaluate_fills, evaluation_masks, summarise, weighted_measures
+from pipeline.evaluation import (area_bucket, evaluate_fills, evaluate_sizes, evaluation_masks, scoring_subset, summarise,
+                                 summarise_sizes, weighted_measures)
 
 SIZE = 32
 
@@ -63,7 +64,8 @@ def test_summary_holds_every_method_overall_per_kind_and_per_area_bucket(scored)
     summary = summarise(*scored)
     assert summary["n_images"] == 48
     assert set(summary["methods"]) == set(FILLS)
-    assert set(summary["methods"]["grey"]) == {"psnr_hole", "l1_hole", "ssim", "swd_hole", "c2st_accuracy"}
+    assert set(summary["methods"]["grey"]) == {"psnr_hole", "l1_hole", "ssim", "border_error", "swd_hole",
+                                               "c2st_accuracy"}
     assert set(summary["by_kind"]) == {"box", "strokes"}
     for kind, buckets in summary["by_area"].items():
         assert sum(values["perfect"]["n"] for values in buckets.values()) == 48
@@ -140,3 +142,34 @@ def test_weighted_measures_with_their_files_join_the_realism_table(evaluation_se
     assert (table.loc["perfect", ["fid", "lpips"]] == 0).all().all() and (table.loc["grey", "fid"] > 0).all()
     assert set(summarise(*evaluate_fills(_shards(16), FILLS, MaskConfig(image_size=SIZE), 0, measures=measures))
                ["methods"]["grey"]) >= {"fid", "lpips"}
+
+
+def test_the_scoring_subset_is_fixed_by_its_seed_and_in_path_order():
+    paths = [f"img-{index:03d}.png" for index in range(50)]
+    chosen = scoring_subset(paths[::-1], 10, seed=4)
+    assert chosen == sorted(chosen) and len(set(chosen)) == 10 and set(chosen) <= set(paths)
+    assert scoring_subset(paths, 10, seed=4) == chosen and scoring_subset(paths, 10, seed=5) != chosen
+    assert scoring_subset(paths, 80, seed=4) == paths
+
+
+def test_every_size_is_scored_with_holes_that_grow_with_the_image_and_smaller_sources_counted():
+    small = _shards(16)[0]
+    larger = torch.nn.functional.interpolate(torch.from_numpy(small).float(), size=64, mode="bilinear").round().byte()
+    sets = {SIZE: {SIZE: small}, 64: {SIZE: small[:4], 64: larger.numpy()[4:]}}
+    per_image, realism = evaluate_sizes(sets, FILLS, MaskConfig(image_size=SIZE), seed=3, batch_size=5)
+    at_64 = per_image[(per_image["size"] == 64) & (per_image["method"] == "grey")]
+    assert sorted(at_64["image"].unique()) == list(range(8))
+    # The same fractions of the image: the holes' shares agree across sides.
+    for kind in ("box", "strokes"):
+        shares = at_64[at_64["kind"] == kind].groupby("side")["area"].mean()
+        assert shares[SIZE] > 0.05 and shares[64] > 0.05
+    assert set(realism["n"]) == {4, 8}
+    summary = summarise_sizes(per_image, realism, training_size=SIZE)
+    assert summary["image_size"] == SIZE and set(summary["sizes"]) == {str(SIZE), "64"}
+    assert summary["by_kind"] == summary["sizes"][str(SIZE)]["by_kind"]
+    assert summary["sizes"]["64"]["n_images"] == 8 and summary["sizes"]["64"]["n_at_own_size"] == 4
+    assert summary["sizes"][str(SIZE)]["n_at_own_size"] == 0
+    # A size's realism is the mean over its sides, weighted by their images.
+    rows = realism[(realism["size"] == 64) & (realism["method"] == "grey") & (realism["kind"] == "box")]
+    expected = (rows["swd_hole"] * rows["n"]).sum() / rows["n"].sum()
+    assert summary["sizes"]["64"]["by_kind"]["box"]["grey"]["swd_hole"] == pytest.approx(expected)

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from ganmodels.metrics import hole_l1, hole_psnr, inpainting_metrics, ssim
+from ganmodels.metrics import border_gradient_error, border_ring, hole_l1, hole_psnr, inpainting_metrics, ssim
 
 
 def _square_mask(size=32, top=8, side=16):
@@ -36,7 +36,45 @@ def test_ssim_is_one_for_identical_images_and_lower_for_noise():
     assert torch.allclose(ssim(images, images), torch.ones(2), atol=1e-5)
     noisy = (images + 0.3 * torch.randn_like(images)).clamp(0, 1)
     assert (ssim(noisy, images) < 0.9).all()
-    assert set(inpainting_metrics(noisy, images, _square_mask())) == {"psnr_hole", "l1_hole", "ssim"}
+    assert set(inpainting_metrics(noisy, images, _square_mask())) == {"psnr_hole", "l1_hole", "ssim", "border_error"}
+
+
+def _textured(count=2, size=32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.interpolate(torch.rand(count, 3, 8, 8, generator=generator), size=size,
+                                           mode="bilinear", align_corners=False)
+
+
+def test_border_ring_straddles_the_hole_border_only():
+    ring = border_ring(_square_mask(size=32, top=8, side=16))[0, 0]
+    assert ring[7:25, 7:25].sum() == ring.sum()  # nothing beyond one pixel outside the hole
+    assert ring[10:22, 10:22].sum() == 0  # nothing deeper than one pixel inside it
+    assert ring[7, 7] == 1 and ring[8, 15] == 1 and ring[24, 15] == 1
+
+
+def test_border_error_is_zero_for_the_original_and_grows_with_a_step_at_the_border():
+    images, mask = _textured(), _square_mask()
+    pasted = torch.lerp(images, images.clone(), mask)
+    assert torch.allclose(border_gradient_error(pasted, images, mask), torch.zeros(2))
+    errors = [border_gradient_error(torch.lerp(images, images + offset, mask), images, mask)
+              for offset in (0.05, 0.1, 0.2)]
+    assert (errors[0] > 0).all() and (errors[1] > errors[0]).all() and (errors[2] > errors[1]).all()
+
+
+def test_border_error_sees_a_dark_outline_along_the_border():
+    images, mask = _textured(), _square_mask()
+    inner = torch.zeros_like(mask)
+    inner[:, :, 10:22, 10:22] = 1
+    outline = torch.lerp(images, images - 0.15, mask - inner)  # a two-pixel dark line just inside the border
+    assert (border_gradient_error(outline, images, mask) > 0.01).all()
+
+
+def test_border_error_ignores_pixels_away_from_the_border():
+    images, mask = _textured(), _square_mask()
+    changed = images.clone()
+    changed[:, :, 12:20, 12:20] += 0.3  # deep inside the hole
+    changed[:, :, :4, :4] -= 0.3  # far outside it
+    assert torch.allclose(border_gradient_error(changed, images, mask), torch.zeros(2))
 
 
 # --- realism measures -----------------------------------------------------------------------------

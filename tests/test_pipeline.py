@@ -69,9 +69,15 @@ def test_chain_end_to_end_writes_grids_metrics_and_manifests(artifact_root, imag
     assert set(evaluation["methods"]) == methods and set(evaluation["by_kind"]) == {"box", "strokes"}
     for kind in ("box", "strokes"):  # every method with the pixel and the realism measures, per kind and area
         assert set(evaluation["by_kind"][kind]) == methods
-        assert set(evaluation["by_kind"][kind]["model"]) == {"psnr_hole", "l1_hole", "ssim", "swd_hole", "c2st_accuracy"}
+        assert set(evaluation["by_kind"][kind]["model"]) == {"psnr_hole", "l1_hole", "ssim", "border_error",
+                                                             "swd_hole", "c2st_accuracy"}
         buckets = evaluation["by_area"][kind]
         assert sum(values["model"]["n"] for values in buckets.values()) == evaluation["n_images"]
+    # Scored at the training size and at eval_sizes, on the same test images.
+    assert evaluation["image_size"] == 32 and set(evaluation["sizes"]) == {"32", "40"}
+    assert evaluation["sizes"]["32"]["by_kind"] == evaluation["by_kind"]
+    assert evaluation["sizes"]["40"]["n_images"] == evaluation["n_images"]
+    assert evaluation["sizes"]["40"]["n_at_own_size"] == 0
     shown = storage.read_json(os.path.join(os.path.dirname(summary["grids"]["phase1"]), "manifest.json"))
     assert shown["summary"]["images"] == min(TINY["grid_images"], sum(map(len, _shards(task).split_arrays("val"))))
     for phase in (1, 2, 3):
@@ -161,6 +167,26 @@ def test_shards_hold_every_kept_image_in_path_order_and_the_train_mean(artifact_
             assert np.array_equal(stored[position], expected), path
     train = np.concatenate(arrays["train"])
     assert np.allclose(shards.mean_pixel(), train.mean(axis=(0, 2, 3)) / 255)
+
+
+def test_held_out_images_are_kept_at_each_scoring_size_and_never_upscaled(artifact_root, image_folder):
+    shards = pipeline.PrepareImages(dataset="folder", source=image_folder, image_size=16, eval_sizes=[24, 64],
+                                    shard_size=7, decode_workers=2)
+    assert luigi.build([shards], local_scheduler=True, log_level="WARNING")
+    assert shards.scoring_sizes() == [16, 24, 64]
+    test_files = shards.split_files("test")
+    chosen = test_files[1:4]
+    for size, side in ((16, 16), (24, 24), (64, 48)):  # the sources are 48 px: scored at their own size at 64
+        groups = shards.scoring_images("test", size, chosen)
+        assert list(groups) == [side]
+        paths, images = groups[side]
+        assert paths == chosen and images.shape == (3, 3, side, side)
+        for path, image in zip(paths, images):
+            with open(os.path.join(image_folder, path), "rb") as file:
+                assert np.array_equal(image, decode_image(file.read(), side, 10**8).transpose(2, 0, 1)), path
+    table = pd.read_csv(shards.path("scoring_images.csv"))
+    assert set(table["split"]) == {"val", "test"} and set(table["size"]) == {24, 64}
+    assert len(table) == 2 * len(pd.read_csv(shards.path("images.csv")).query("split != 'train'"))
 
 
 @pytest.mark.parametrize("parameters, in_config, status, message", [
@@ -307,6 +333,8 @@ def test_a_broken_manifest_makes_its_task_run_again_and_one_from_before_checksum
     ("PretrainCompletion", {"keep_checkpoints": 1}, "keep_checkpoints must be >= 2"),
     ("TrainDCGAN", {"keep_checkpoints": 1}, "keep_checkpoints must be >= 2"),
     ("TrainDCGAN", {"real_label_high": 1.5}, "real_label_low and real_label_high must satisfy"),
+    ("PrepareImages", {"eval_sizes": [256, 4]}, "eval_sizes must be a list of sides of at least 8 pixels"),
+    ("EvaluateInpainter", {"eval_images": 0}, "eval_images must be >= 1, got 0"),
 ])
 def test_a_bad_value_is_refused_naming_the_parameter_as_typed(family, parameters, message):
     with pytest.raises(Exception) as refused:

@@ -48,3 +48,9 @@ def predict(net: nn.Module, images: torch.Tensor, mask: torch.Tensor, mean_pixel
 def paste(images: torch.Tensor, prediction: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The prediction in the holes (mask == 1), the images' own pixels everywhere else."""
     return torch.lerp(images, prediction.to(images.dtype), mask)
+
+
+def complete_any_size(net: nn.Module, images: torch.Tensor, mask: torch.Tensor, mean_pixel: torch.Tensor,
+                      training_size: int) -> torch.Tensor:
+    """The completed images at their own size, known pixels unchanged: the network on the whole image."""
+    return paste(images, predict(net, images, mask, mean_pixel), mask)

@@ -89,6 +89,13 @@ def decode_image(data: bytes, image_size: int, max_pixels: int, *,
         return np.asarray(_upright(square, image.getexif()), dtype=np.uint8)
 
 
+def decode_image_at_most(data: bytes, image_size: int, max_pixels: int) -> np.ndarray:
+    """decode_image at image_size, or at the source's own short side where that is smaller: never upscaled."""
+    with _rejecting(), Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
+        short_side = min(image.size)
+    return decode_image(data, min(image_size, short_side), max_pixels)
+
+
 def decode_full_size(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode encoded image bytes to an (H, W, 3) uint8 array at the image's own size, upright.
 

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
-from .decode import RejectedImage, content_hash, decode_image
+from .decode import RejectedImage, content_hash, decode_image, decode_image_at_most
 
 # Small enough that the workers finish together and progress moves steadily, large
 # enough that sending work and results costs little next to decoding.
@@ -74,12 +74,16 @@ def _shared_slots(shared, shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(shared, dtype=np.uint8).reshape(shape)
 
 
-def _start_worker(max_pixels: int, shared, shape: tuple[int, ...]) -> None:
-    global _slots
+def _limit_pixels(max_pixels: int) -> None:
     # Pillow's decompression-bomb limit is process-wide; these processes are ours, so it
     # can follow the task's setting and the effective limit is exactly max_pixels
     # (Painter by Numbers holds paintings above Pillow's default).
     Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _start_worker(max_pixels: int, shared, shape: tuple[int, ...]) -> None:
+    global _slots
+    _limit_pixels(max_pixels)
     _slots = _shared_slots(shared, shape)
 
 
@@ -155,3 +159,32 @@ def ingest_folder(folder: str, relative_paths: list[str], settings: DecodeSettin
                 yield result
     finally:
         pool.shutdown(cancel_futures=True)  # a failing consumer must not wait for the whole folder
+
+
+def _decode_at_sizes(folder: str, relative_path: str, sizes: tuple[int, ...], max_pixels: int,
+                     ) -> tuple[str, list[np.ndarray]]:
+    with open(os.path.join(folder, relative_path), "rb") as file:
+        data = file.read()
+    try:
+        return content_hash(data), [decode_image_at_most(data, size, max_pixels).transpose(2, 0, 1) for size in sizes]
+    except RejectedImage as rejection:
+        raise UserError(f"{relative_path} decoded before, no longer: {rejection}") from None
+
+
+def ingest_at_sizes(folder: str, relative_paths: list[str], sizes: tuple[int, ...], max_pixels: int,
+                    workers: int) -> Iterator[tuple[str, str, list[np.ndarray]]]:
+    """(relative path, sha256, one (3, side, side) image per size) in the order of relative_paths,
+    each image at min(size, the source's short side), decoded by `workers` processes.
+
+    For the held-out splits at scoring sizes, a few hundred files: their pixels come back
+    through the result pipe, which costs little next to decoding them at several sizes.
+    """
+    pool = ProcessPoolExecutor(max(1, workers), mp_context=_pool_context(), initializer=_limit_pixels,
+                               initargs=(max_pixels,))
+    try:
+        for path, (sha256, images) in zip(relative_paths, pool.map(
+                _decode_at_sizes, [folder] * len(relative_paths), relative_paths,
+                [sizes] * len(relative_paths), [max_pixels] * len(relative_paths), chunksize=CHUNK_SIZE)):
+            yield path, sha256, images
+    finally:
+        pool.shutdown(cancel_futures=True)

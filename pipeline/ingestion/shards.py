@@ -8,7 +8,8 @@ from typing import Callable, ContextManager, Mapping
 import numpy as np
 
 from ..datasets.registry import SPLITS
-from .pool import DecodeSettings, ingest_folder
+from ..errors import UserError
+from .pool import DecodeSettings, ingest_at_sizes, ingest_folder
 
 
 @dataclass
@@ -59,6 +60,34 @@ def write_shards(folder: str, split_of: Mapping[str, str], settings: DecodeSetti
                          shards.train_pixels)
 
 
+def write_scoring_shards(folder: str, files: list[tuple[str, str, str]], sizes: tuple[int, ...], max_pixels: int,
+                         workers: int, shard_size: int, open_write: Callable[[str], ContextManager],
+                         ) -> list[tuple[str, str, int, int, str, int]]:
+    """Decode the held-out files again at each of `sizes` and write them as
+    eval/<size>px/<split>-<side>px-NNNNN.npy, where side is the size or, for a source whose
+    short side is smaller, that short side: such an image is scored at its own size, never
+    upscaled. files: (relative_path, split, sha256) of kept images; a file whose bytes changed
+    since is refused. Returns (relative_path, split, size, side, shard, row) per file and size.
+    """
+    shards, rows = {}, []
+    expected = {path: sha256 for path, _, sha256 in files}
+    split_of = {path: split for path, split, _ in files}
+    for path, sha256, images in ingest_at_sizes(folder, list(expected), sizes, max_pixels, workers):
+        if sha256 != expected[path]:
+            raise UserError(f"{path} changed while it was being prepared; run again")
+        split = split_of[path]
+        for size, image in zip(sizes, images):
+            side = image.shape[-1]
+            if (size, side) not in shards:
+                shards[size, side] = _Shards(open_write, shard_size, image.shape,
+                                             f"eval/{size}px/{{split}}-{side}px-{{index:05d}}.npy")
+            rows.append((path, split, size, side, *shards[size, side].add(split, image)))
+    for group in shards.values():
+        for split in SPLITS:
+            group.flush(split)
+    return rows
+
+
 class _Shards:
     """Kept images gathered per split and written shard_size at a time to shards/<split>-NNNNN.npy.
 
@@ -66,8 +95,10 @@ class _Shards:
     so a shard is written from there without another copy, while the workers go on decoding.
     """
 
-    def __init__(self, open_write: Callable[[str], ContextManager], shard_size: int, image_shape: tuple[int, ...]):
+    def __init__(self, open_write: Callable[[str], ContextManager], shard_size: int, image_shape: tuple[int, ...],
+                 name_template: str = "shards/{split}-{index:05d}.npy"):
         self.open_write = open_write
+        self.name_template = name_template
         self.buffers = {split: np.empty((shard_size, *image_shape), dtype=np.uint8) for split in SPLITS}
         self.filled = dict.fromkeys(SPLITS, 0)
         self.written = dict.fromkeys(SPLITS, 0)
@@ -100,4 +131,4 @@ class _Shards:
         self.written[split] += 1
 
     def _name(self, split: str) -> str:
-        return f"shards/{split}-{self.written[split]:05d}.npy"
+        return self.name_template.format(split=split, index=self.written[split])

@@ -13,14 +13,13 @@ import torch
 
 from ganmodels.feeding import to_float
 from ganmodels.glcic.config import OPTION_CLASSES, PhaseOptions
-from ganmodels.glcic.inference import load_completion
-from ganmodels.glcic.networks import complete
+from ganmodels.glcic.inference import complete_any_size, load_completion
 
 from ..artifacts import storage
 from ..artifacts.checkpoints import FINAL_STATE, latest_checkpoint, load_state
 from ..errors import UserError
-from ..evaluation import (EVALUATION_KINDS, GRID_IMAGES, baseline_fills, evaluate_fills, grid_masks, summarise,
-                          weighted_measures)
+from ..evaluation import (EVALUATION_KINDS, GRID_IMAGES, baseline_fills, evaluate_sizes, grid_masks, scoring_subset,
+                          summarise_sizes, weighted_measures)
 from .base import ArtifactTask, log
 from .options import build_options, takes_options
 from .prepare import PrepareImages, splits_by_fraction
@@ -115,6 +114,8 @@ class EvaluationParameters:
 
     eval_seed = luigi.IntParameter(default=0, description="Seed of the fixed evaluation masks")
     grid_images = luigi.IntParameter(default=GRID_IMAGES, description="Validation images in each grid")
+    eval_images = luigi.IntParameter(default=300, description="Test images scored at each size: a fixed subset "
+                                                              "drawn by eval_seed, or the whole split if smaller")
     eval_batch_size = luigi.IntParameter(default=64, significant=False)
 
 
@@ -153,21 +154,33 @@ class EvaluateInpainter(EvaluationParameters, ArtifactTask):
     def requires(self):
         return {"shards": self.clone(PrepareImages), "model": self.clone(TrainJoint)}
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.eval_images < 1:
+            raise UserError(f"eval_images must be >= 1, got {self.eval_images}")
+
     def build(self):
         shards, model_task = self.requires()["shards"], self.requires()["model"]
         mean_pixel = torch.tensor(shards.mean_pixel())
         completion, options = trained_model(model_task)
-        fills = {"model": lambda images, mask: complete(completion, images, mask, mean_pixel),
+        training_size = options.masks.image_size
+        # The path `infill` and the studio fill a user's image with, at every size.
+        fills = {"model": lambda images, mask: complete_any_size(completion, images, mask, mean_pixel, training_size),
                  **baseline_fills(mean_pixel)}
-        per_image, realism = evaluate_fills(shards.split_arrays("test"), fills, options.masks,
-                                            self.eval_seed, self.eval_batch_size, measures=weighted_measures())
+        chosen = scoring_subset(shards.split_files("test"), self.eval_images, self.eval_seed)
+        sets = {size: {side: images for side, (_, images) in shards.scoring_images("test", size, chosen).items()}
+                for size in shards.scoring_sizes()}
+        per_image, realism = evaluate_sizes(sets, fills, options.masks, self.eval_seed, self.eval_batch_size,
+                                            measures=weighted_measures)
         with self.open_write("metrics.csv") as file:
             per_image.to_csv(file, index=False)
         with self.open_write("realism.csv") as file:
             realism.to_csv(file, index=False)
-        metrics = summarise(per_image, realism)
+        metrics = summarise_sizes(per_image, realism, training_size)
         self.write_json("metrics.json", metrics)
-        log.info("EvaluateInpainter:\n%s", pd.DataFrame(metrics["methods"]).T.to_string())
+        for size, summary in metrics["sizes"].items():
+            log.info("EvaluateInpainter at %s px (%d images, %d at their own smaller size):\n%s", size,
+                     summary["n_images"], summary["n_at_own_size"], pd.DataFrame(summary["methods"]).T.to_string())
         return metrics
 
 

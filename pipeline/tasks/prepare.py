@@ -13,7 +13,7 @@ from ..artifacts import storage
 from ..datasets import SPLITS
 from ..errors import UserError
 from ..ingestion.pool import DecodeSettings, usable_cores
-from ..ingestion.shards import write_shards
+from ..ingestion.shards import write_scoring_shards, write_shards
 from ..settings import cache_dir
 from .base import ArtifactTask, log
 
@@ -46,6 +46,9 @@ class PrepareImages(ArtifactTask):
     paintings_parts = luigi.ListParameter(default=[1], description="Which of Painter by Numbers' train_1.zip "
                                                                    "... train_9.zip to use, e.g. [1,2]")
     image_size = luigi.IntParameter(default=64, description="Side in pixels of the square training images")
+    eval_sizes = luigi.ListParameter(default=[256], description="Sides in pixels at which the val and test splits "
+                                     "are also kept and scored, besides image_size; a source image with a shorter "
+                                     "short side is kept at its own size, e.g. [256,512]")
     val_fraction = luigi.FloatParameter(default=0.1, description="Share of files for val without an official split")
     test_fraction = luigi.FloatParameter(default=0.1, description="Share of files for test without an official split")
     official_split = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
@@ -72,6 +75,13 @@ class PrepareImages(ArtifactTask):
             raise UserError(f"decode_workers must be >= 0 (0 = all cores), got {self.decode_workers}")
         if self.shard_size < 1:
             raise UserError(f"shard_size must be >= 1, got {self.shard_size}")
+        if not all(isinstance(size, int) and size >= 8 for size in self.eval_sizes):
+            raise UserError(f"eval_sizes must be a list of sides of at least 8 pixels, e.g. [256,512], "
+                            f"got {list(self.eval_sizes)}")
+
+    def scoring_sizes(self) -> list[int]:
+        """Every side the held-out splits are scored at: image_size and eval_sizes, ascending."""
+        return sorted({self.image_size, *self.eval_sizes})
 
     def source_fingerprint(self) -> str | None:
         # A user's folder can gain or lose files under the same path, and a mirror can serve
@@ -113,6 +123,14 @@ class PrepareImages(ArtifactTask):
         if rejected_share > self.max_rejected_fraction:
             raise UserError(f"{len(written.rejected)} of {len(paths)} files rejected ({rejected_share:.0%}), above "
                             f"max_rejected_fraction={self.max_rejected_fraction}; see {self.path('rejected.csv')}")
+        held_out = [(path, split, sha256) for path, split, _, _, sha256 in written.kept if split != "train"]
+        larger_sizes = tuple(size for size in self.scoring_sizes() if size != self.image_size)
+        log.info("PrepareImages: decoding %d val and test images again at %s px", len(held_out), larger_sizes)
+        scoring = write_scoring_shards(source.folder, held_out, larger_sizes, self.max_pixels,
+                                       self.decode_workers or usable_cores(), self.shard_size, self.open_write)
+        with self.open_write("scoring_images.csv") as file:
+            pd.DataFrame(scoring, columns=["relative_path", "split", "size", "side", "shard", "row"]).to_csv(
+                file, index=False)
         counts = written.split_counts
         self.check_splits(counts, "kept images", bool(official_split))
         mean_pixel = written.mean_pixel()
@@ -151,6 +169,31 @@ class PrepareImages(ArtifactTask):
     def split_arrays(self, split: str) -> list[np.ndarray]:
         """The memory-mapped shards of one split, in shard order."""
         return [storage.load_array(path, cache_dir()) for path in self.split_paths(split)]
+
+    def scoring_images(self, split: str, size: int, relative_paths: list[str]) -> dict[int, tuple[list[str], np.ndarray]]:
+        """The split's images of relative_paths at one scoring size, grouped by the side they were kept at
+        (the size, or a smaller source's own): {side: (relative paths, (N, 3, side, side) uint8)}."""
+        if size == self.image_size:
+            table, side_of = _read_csv(self.path("images.csv")), lambda row: size
+        else:
+            table = _read_csv(self.path("scoring_images.csv"))
+            table = table[table["size"] == size]
+            side_of = lambda row: int(row.side)  # noqa: E731
+        table = table[(table["split"] == split)].set_index("relative_path").loc[relative_paths]
+        groups: dict[int, tuple[list[str], list[np.ndarray]]] = {}
+        shards = {}
+        for path, row in table.iterrows():
+            if row.shard not in shards:
+                shards[row.shard] = storage.load_array(self.path(row.shard), cache_dir())
+            paths, images = groups.setdefault(side_of(row), ([], []))
+            paths.append(path)
+            images.append(shards[row.shard][int(row.row)])
+        return {side: (paths, np.stack(images)) for side, (paths, images) in sorted(groups.items())}
+
+    def split_files(self, split: str) -> list[str]:
+        """The relative paths of the split's kept images, in path order."""
+        table = _read_csv(self.path("images.csv"))
+        return sorted(table.loc[table["split"] == split, "relative_path"])
 
     def mean_pixel(self) -> list[float]:
         return storage.read_json(self.path("mean_pixel.json"))["mean_pixel"]

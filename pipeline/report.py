@@ -1,8 +1,9 @@
 """A static HTML report of a run: one index.html plus its images, readable from disk without a server.
 
-It shows the run's parameters, every image its chain produced (the evaluation grid of each
-phase), loss curves from the training histories, and the test metrics with the model next
-to the floor (mean fill) and the classical baselines.
+It leads with the answer: the verdict (the model against the classical methods per mask kind
+and image size), then every image its chain produced (the evaluation grid of each phase), the
+test metrics with the model next to the floor (mean fill) and the classical baselines, the
+loss curves from the training histories, and last the run's parameters.
 """
 import html
 import os
@@ -12,8 +13,8 @@ import pandas as pd
 from ganmodels.rendering import loss_curves_png
 
 from .artifacts import storage
-from .evaluation import HIGHER_IS_BETTER
-from .artifacts.runs import flatten, loss_columns, nearest_evaluation, training_history
+from .evaluation import CLASSICAL_METHODS, HIGHER_IS_BETTER
+from .artifacts.runs import evaluation_sizes, flatten, loss_columns, nearest_evaluation, training_history
 
 IMAGES = "images"
 METHOD_ROLES = {"model": "model", "mean_fill": "floor: the mean-filled input",
@@ -21,6 +22,9 @@ METHOD_ROLES = {"model": "model", "mean_fill": "floor: the mean-filled input",
                 "navier_stokes": "classical baseline (OpenCV Navier-Stokes)"}
 GRID_LEGENDS = {"RenderEvalGrid": "each row is masked input | completion | original"}
 COUNTS = ("n",)  # columns of a metrics table that count images rather than measure fills
+# The measures the verdict sets side by side, pixel ones then realism: (label, number format, unit).
+VERDICT_MEASURES = {"psnr_hole": ("hole PSNR", ".1f", " dB"), "ssim": ("SSIM", ".3f", ""),
+                    "c2st_accuracy": ("realism: C2ST accuracy", ".3f", ""), "swd_hole": ("hole patch SWD", ".3f", "")}
 STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
@@ -120,16 +124,70 @@ def area_table(buckets: dict) -> str:
     return f"<table><tr><th>hole area</th><th>method</th>{_header(metrics)}</tr>{''.join(rows)}</table>"
 
 
-def metrics_sections(evaluation: dict, heading: str = "h3") -> str:
-    """The test metrics over all masks, then per mask kind and per hole-area bucket where the
+def _size_label(size: int | None) -> str:
+    return f"{size} px" if size else "size unknown"
+
+
+def _images_at_own_size(results: dict) -> str:
+    """How many images were scored at their own size, smaller than the one evaluated; "" when none."""
+    own = results.get("n_at_own_size", 0)
+    return f"{own} of {results.get('n_images', '?')} images scored at their own smaller size" if own else ""
+
+
+def _comparison(metric: str, model: float, classical: list[float]) -> str:
+    label, number, unit = VERDICT_MEASURES[metric]
+    higher = metric in HIGHER_IS_BETTER
+    best = max(classical) if higher else min(classical)
+    outcome = "equal" if model == best else "better" if (model > best) == higher else "worse"
+    difference = f"{model - best:+{number}}".replace("-", "−")
+    return f"{label} {model:{number}}{unit} vs {best:{number}}{unit} ({difference}{unit}, {outcome})"
+
+
+def verdict_lines(evaluation: dict) -> list[str]:
+    """One line per image size and mask kind: the model against the better classical method on each
+    VERDICT_MEASURES the evaluation reports, and how many images were scored at their own smaller size."""
+    lines = []
+    for size, results in evaluation_sizes(evaluation).items():
+        for kind, methods in (results.get("by_kind") or {"all masks": results["methods"]}).items():
+            model, parts = methods.get("model", {}), []
+            for metric in VERDICT_MEASURES:
+                classical = [methods[name][metric] for name in CLASSICAL_METHODS if metric in methods.get(name, {})]
+                if metric in model and classical:
+                    parts.append(_comparison(metric, model[metric], classical))
+            if note := _images_at_own_size(results):
+                parts.append(note)
+            lines.append(f"{kind}, {_size_label(size)}: " + ("; ".join(parts) or "no measure to compare"))
+    return lines
+
+
+def verdict(evaluation: dict) -> str:
+    """The verdict as a list, with what it compares said once."""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in verdict_lines(evaluation))
+    return ("<p>The model against the better of OpenCV's Telea and Navier–Stokes on each measure: "
+            f"the model's value vs that method's (the difference, and whether the model is better).</p><ul>{items}</ul>")
+
+
+def _size_metrics(results: dict, heading: str) -> str:
+    """One size's test metrics over all masks, then per mask kind and per hole-area bucket where the
     evaluation reports them (`by_kind`, `by_area`)."""
-    parts = [f"<p>{html.escape(str(evaluation.get('n_images', '?')))} test images; ↑ higher is better, "
-             "↓ lower is better.</p>", f"<{heading}>All masks</{heading}>", metrics_table(evaluation["methods"])]
-    for kind, methods in (evaluation.get("by_kind") or {}).items():
+    note = _images_at_own_size(results)
+    parts = [f"<p>{html.escape(str(results.get('n_images', '?')))} test images{f' ({html.escape(note)})' if note else ''}; "
+             "↑ higher is better, ↓ lower is better.</p>",
+             f"<{heading}>All masks</{heading}>", metrics_table(results["methods"])]
+    for kind, methods in (results.get("by_kind") or {}).items():
         parts += [f"<{heading}>{html.escape(kind)} masks</{heading}>", metrics_table(methods)]
-    for kind, buckets in (evaluation.get("by_area") or {}).items():
+    for kind, buckets in (results.get("by_area") or {}).items():
         parts += [f"<{heading}>{html.escape(kind)} masks by hole area</{heading}>", area_table(buckets)]
     return "\n".join(parts)
+
+
+def metrics_sections(evaluation: dict) -> str:
+    """The test metrics of each image size the evaluation reports, under a heading per size when there are several."""
+    sizes = evaluation_sizes(evaluation)
+    if len(sizes) == 1:
+        return _size_metrics(next(iter(sizes.values())), "h3")
+    return "\n".join(f"<h3>{html.escape(_size_label(size))}</h3>\n{_size_metrics(results, 'h4')}"
+                     for size, results in sizes.items())
 
 
 def write_report(run, chain: list, out: str) -> str:
@@ -142,11 +200,13 @@ def write_report(run, chain: list, out: str) -> str:
     status = (f"complete, finished {pd.Timestamp(run.manifest['finished']):%Y-%m-%d %H:%M} UTC" if run.complete
               else "incomplete")
     body = [f"<h1>{html.escape(run.name)}</h1><p>{html.escape(run.family)}: {html.escape(status)}</p>"]
-    if found := nearest_evaluation(chain):
-        evaluation, source = found
-        body.append(_section(f"Test metrics (from {source})", metrics_sections(evaluation)))
+    evaluation, source = nearest_evaluation(chain) or (None, None)
+    if evaluation:
+        body.append(_section(f"Verdict (from {source})", verdict(evaluation)))
     if figures := copy_images(chain, out):
         body.append(_section("Evaluation grids and images", figures))
+    if evaluation:
+        body.append(_section(f"Test metrics (from {source})", metrics_sections(evaluation)))
     history = training_history(chain)
     if losses := loss_columns(history):
         with open(os.path.join(out, IMAGES, "loss_curves.png"), "wb") as file:

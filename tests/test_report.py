@@ -1,4 +1,6 @@
-"""`python -m pipeline report`: a static page that opens from disk with every image in place."""
+"""`python -m pipeline report`: a static page that opens from disk with every image in place, and
+that leads with the answer."""
+import copy
 import os
 import re
 import shutil
@@ -8,9 +10,14 @@ from html.parser import HTMLParser
 import pytest
 from PIL import Image
 
+from pipeline.artifacts import storage
 from pipeline.cli import main
+from pipeline.report import verdict_lines
+from tests.test_cli import run_name
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome", "chrome-headless-shell")
+# The report's sections in the order a reader needs them: the answer first, the settings last.
+SECTIONS = ("Verdict", "Evaluation grids and images", "Test metrics", "Loss curves", "Parameters")
 # Appended to a copy of the page: once every image has loaded or failed, the body records the
 # count and the sources of those that failed, for --dump-dom to print.
 IMAGE_CHECK = """<script>
@@ -23,16 +30,31 @@ window.addEventListener("load", () => {
 
 
 class _Page(HTMLParser):
+    """The page's image sources, its text, and the text of each section heading (h2) and list item (li)."""
+
     def __init__(self):
         super().__init__()
-        self.images, self.text = [], []
+        self.images, self.text, self.headings, self.items = [], [], [], []
+        self.open = None  # the h2 or li list whose last entry the text goes to
 
     def handle_starttag(self, tag, attrs):
         if tag == "img":
             self.images.append(dict(attrs)["src"])
+        if tag in ("h2", "li"):
+            self.open = self.headings if tag == "h2" else self.items
+            self.open.append("")
+
+    def handle_endtag(self, tag):
+        if tag in ("h2", "li"):
+            self.open = None
 
     def handle_data(self, data):
         self.text.append(data)
+        if self.open is not None:
+            self.open[-1] += data
+
+    def verdict(self) -> list[str]:
+        return [item for item in self.items if re.match(r"(box|strokes), ", item)]
 
 
 def read_page(path: str) -> _Page:
@@ -42,18 +64,28 @@ def read_page(path: str) -> _Page:
     return page
 
 
-@pytest.fixture
-def report_page(run_root, tmp_path, capsys) -> str:
-    out = tmp_path / "report"
-    assert main(["report", "TrainInpainter", "--root", run_root, "--out", str(out)]) == 0
+def write_report(root: str, out, capsys) -> str:
+    assert main(["report", "TrainInpainter", "--root", root, "--out", str(out)]) == 0
     index = capsys.readouterr().out.strip()
     assert index == str(out / "index.html")
     return index
 
 
-def test_report_holds_parameters_grids_loss_curves_and_metrics_with_baselines(report_page):
+@pytest.fixture
+def report_page(run_root, tmp_path, capsys) -> str:
+    return write_report(run_root, tmp_path / "report", capsys)
+
+
+def test_report_leads_with_the_verdict_then_grids_metrics_loss_curves_and_parameters(report_page):
     page = read_page(report_page)
     text = " ".join(page.text)
+    positions = [next(index for index, heading in enumerate(page.headings) if heading.startswith(section))
+                 for section in SECTIONS]
+    assert positions[0] == 0 and positions == sorted(positions)
+    assert [line.split(":")[0].split(",")[0] for line in page.verdict()] == ["box", "strokes"]
+    for line in page.verdict():  # the tiny run's metrics, of one size
+        assert re.fullmatch(r"\w+, [^:]+: hole PSNR [\d.]+ dB vs [\d.]+ dB \([+−][\d.]+ dB, (better|worse|equal)\); "
+                            r"SSIM .+; realism: C2ST accuracy .+; hole patch SWD .+", line), line
     grids = [source for source in page.images if source.endswith("-grid.png")]
     assert len(grids) == 3 and "images/loss_curves.png" in page.images
     for phase in (1, 2, 3):
@@ -70,6 +102,42 @@ def test_report_holds_parameters_grids_loss_curves_and_metrics_with_baselines(re
     assert len(re.findall(r"psnr_hole: the model (beats|does not beat) the best baseline", text)) == 3
     assert len(re.findall(r"c2st_accuracy: the model (beats|does not beat) the best baseline", text)) == 3
     assert "phase3_steps" in text and "width" in text
+
+
+def write_two_sizes(root: str) -> None:
+    """The final run's copy of metrics.json as an evaluation at its training size (32 px) and at
+    64 px, where the model trails Telea in the boxes and 5 of the 12 images were smaller than 64 px."""
+    final = storage.join(root, run_name(root, "TrainInpainter"))
+    manifest = storage.read_manifest(final)
+    metrics = manifest["summary"]["metrics_summary"]
+    larger = {**copy.deepcopy(metrics), "n_images": 12, "n_at_own_size": 5}
+    for method, psnr in (("model", 17.4), ("telea", 17.8), ("navier_stokes", 17.1)):
+        larger["by_kind"]["box"][method]["psnr_hole"] = psnr
+    metrics.update(image_size=32, sizes={"32": {**copy.deepcopy(metrics), "n_at_own_size": 0}, "64": larger})
+    del manifest["checksum"]  # write_manifest closes it anew
+    storage.write_manifest(final, manifest)
+
+
+@pytest.mark.parametrize("run_root", ["local"], indirect=True)
+def test_the_verdict_has_a_line_per_mask_kind_and_image_size(run_root, tmp_path, capsys):
+    write_two_sizes(run_root)
+    page = read_page(write_report(run_root, tmp_path / "report", capsys))
+    verdict = page.verdict()
+    assert [line.split(":")[0] for line in verdict] == ["box, 32 px", "strokes, 32 px", "box, 64 px", "strokes, 64 px"]
+    assert verdict[2].startswith("box, 64 px: hole PSNR 17.4 dB vs 17.8 dB (−0.4 dB, worse); SSIM ")
+    assert verdict[2].endswith("; 5 of 12 images scored at their own smaller size")
+    assert not any("own smaller size" in line for line in verdict[:2])
+    text = " ".join(page.text)
+    assert "32 px" in text and "12 test images (5 of 12 images scored at their own smaller size)" in text
+
+
+def test_a_metrics_json_from_before_per_size_results_gives_one_line_per_mask_kind():
+    methods = {"model": {"psnr_hole": 20.0, "ssim": 0.8}, "telea": {"psnr_hole": 19.0, "ssim": 0.85},
+               "navier_stokes": {"psnr_hole": 19.5, "ssim": 0.7}, "mean_fill": {"psnr_hole": 30.0, "ssim": 0.9}}
+    old = {"n_images": 4, "methods": methods, "by_kind": {"box": methods}, "by_area": {}}
+    assert verdict_lines(old) == ["box, size unknown: hole PSNR 20.0 dB vs 19.5 dB (+0.5 dB, better); "
+                                  "SSIM 0.800 vs 0.850 (−0.050, worse)"]
+    assert verdict_lines({**old, "image_size": 64, "by_kind": {}})[0].startswith("all masks, 64 px: hole PSNR 20.0 dB")
 
 
 def find_chromium() -> str | None:

@@ -5,6 +5,7 @@ import http.client
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -126,6 +127,9 @@ def test_pages_files_and_fills_over_http(studio, run_root):
     status, _, body = studio.get(f"/runs/{final}")
     page = body.decode()
     assert status == 200 and "Test metrics" in page and "navier_stokes" in page and "phase3_steps" in page
+    sections = [page.index(f"<h2>{section}") for section in ("Verdict", "Grids and images", "Test metrics",
+                                                             "Loss curves", "Parameters")]
+    assert sections == sorted(sections) and re.search(r"<li>strokes, [^:<]+: hole PSNR", page)  # the answer first
     images = [source for source in page.split('src="')[1:] if source.startswith("/runs/")]
     assert sum("grid.png" in source for source in images) == 3 and any("losses.png" in source for source in images)
     for source in images:

@@ -171,6 +171,14 @@ def evaluation_methods(summary: dict) -> dict | None:
     return (evaluation(summary) or {}).get("methods")
 
 
+def evaluation_sizes(evaluation: dict) -> dict[int | None, dict]:
+    """Each image size's results, smallest first, each with the keys of an evaluation summary and
+    `n_at_own_size`; an evaluation from before per-size results is one size, None where it does not say."""
+    if "sizes" not in evaluation:
+        return {evaluation.get("image_size"): evaluation}
+    return {int(size): results for size, results in sorted(evaluation["sizes"].items(), key=lambda item: int(item[0]))}
+
+
 def nearest_evaluation(chain: list[Run]) -> tuple[dict, str] | None:
     """(evaluation summary, the run it comes from) of the nearest evaluation in the chain."""
     for run in chain:

@@ -101,12 +101,13 @@ def run_page(run: Run, chain: list[Run], has_losses: bool) -> str:
     body = [f"<h1>{escape(run.name)}</h1>",
             f'<p id="status"{"" if run.complete else " data-incomplete"}>{escape(run.family)}: {state}</p>',
             f'<p class="actions">{"".join(actions)}</p>' if actions else ""]
-    if found := nearest_evaluation(chain):
-        summary, source = found
-        body.append(f"<h2>Test metrics <span class='muted'>(from {run_link(source)})</span></h2>"
-                    + report.metrics_sections(summary))
+    summary, source = nearest_evaluation(chain) or (None, None)
+    if summary:
+        body.append(f"<h2>Verdict <span class='muted'>(from {run_link(source)})</span></h2>" + report.verdict(summary))
     if figures := _figures(chain):
         body.append(f'<h2>Grids and images</h2><div class="figures">{figures}</div>')
+    if summary:
+        body.append("<h2>Test metrics</h2>" + report.metrics_sections(summary))
     if has_losses:
         body.append(f'<h2>Loss curves</h2><img class="curves" src="/runs/{urllib.parse.quote(run.name)}/losses.png" '
                     'alt="training losses of every phase">')

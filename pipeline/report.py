@@ -24,6 +24,7 @@ GRID_LEGENDS = {"RenderEvalGrid": "each row is masked input | completion | origi
 COUNTS = ("n",)  # columns of a metrics table that count images rather than measure fills
 # The measures the verdict sets side by side, pixel ones then realism: (label, number format, unit).
 VERDICT_MEASURES = {"psnr_hole": ("hole PSNR", ".1f", " dB"), "ssim": ("SSIM", ".3f", ""),
+                    "border_error": ("border gradient error", ".4f", ""),
                     "c2st_accuracy": ("realism: C2ST accuracy", ".3f", ""), "swd_hole": ("hole patch SWD", ".3f", "")}
 STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 70em; color: #222; }

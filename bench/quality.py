@@ -7,7 +7,7 @@
 Each variant is the main job's TrainInpainter with the given parameters changed (none for
 `default`), run through Luigi exactly as a user runs it (dataset=folder on the training
 folder), its own evaluation included, and timed from its manifests. The final completion
-network of each requested phase then fills a fixed subset (`--images`, drawn by the seed) of
+network of each requested phase then fills a fixed subset (`--images`, chosen by path hash) of
 the held-out folder, which training never saw, centre-cropped and resized to each size (a
 smaller image at its own size), through the path `infill` uses, next to the mean-fill floor,
 OpenCV's Telea and Navier-Stokes and, with `--interpolations`, the pull-push and harmonic
@@ -36,9 +36,9 @@ from ganmodels.glcic.inference import complete_any_size  # noqa: E402
 from ganmodels.glcic.networks import fill_holes  # noqa: E402
 from pipeline import PretrainCompletion, TrainInpainter, TrainJoint  # noqa: E402
 from pipeline.artifacts import storage  # noqa: E402
-from pipeline.datasets.registry import files_below  # noqa: E402
+from pipeline.datasets.registry import files_below, scoring_subset  # noqa: E402
 from pipeline.evaluation import (HIGHER_IS_BETTER, PIXEL_METRICS, REALISM_METRICS, baseline_fills,  # noqa: E402
-                                 evaluate_sizes, scoring_subset, summarise_sizes)
+                                 evaluate_sizes, summarise_sizes)
 from pipeline.ingestion.decode import RejectedImage, decode_image_at_most  # noqa: E402
 from pipeline.tasks.inpainting import trained_model  # noqa: E402
 
@@ -78,11 +78,11 @@ def seconds(task: luigi.Task) -> float:
     return (finished - started).total_seconds()
 
 
-def held_out_sets(folder: str, sizes: tuple[int, ...], count: int, seed: int) -> dict[int, dict[int, np.ndarray]]:
+def held_out_sets(folder: str, sizes: tuple[int, ...], count: int) -> dict[int, dict[int, np.ndarray]]:
     """A fixed subset of the folder's images at each size as PrepareImages keeps its scoring splits:
     {size: {side: (N, 3, side, side) uint8}}, a smaller image at its own size."""
     sets = {size: {} for size in sizes}
-    for path in scoring_subset(files_below(folder), count, seed):
+    for path in scoring_subset(files_below(folder), count):
         with open(os.path.join(folder, path), "rb") as file:
             data = file.read()
         try:
@@ -96,7 +96,7 @@ def held_out_sets(folder: str, sizes: tuple[int, ...], count: int, seed: int) ->
 
 def score_collection(name: str, train: str, held_out: str, size: int, sizes: tuple[int, ...], args) -> dict:
     """Train every variant on `train`, score it on `held_out`: per-size summaries and training times."""
-    sets = held_out_sets(held_out, sizes, args.images, args.eval_seed)
+    sets = held_out_sets(held_out, sizes, args.images)
     summaries, timings, mean_pixel, mask_config = {}, [], None, None
     for variant, settings in [parse_variant(text) for text in args.variant] or [("default", {})]:
         parameters = {"dataset": "folder", "source": os.path.abspath(train), "image_size": str(size), **settings}
@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--phases", default="3", help="phases whose final network is scored (1 and/or 3)")
     parser.add_argument("--images", type=int, default=300, help="held-out images scored at each size")
     parser.add_argument("--interpolations", action="store_true", help="also score the interpolations alone")
-    parser.add_argument("--eval-seed", type=int, default=0, help="seed of the subset, the masks and the realism measures")
+    parser.add_argument("--eval-seed", type=int, default=0, help="seed of the masks and the realism measures")
     parser.add_argument("--root", help="artifact root (default: a new temporary folder)")
     parser.add_argument("--out", help="write every figure to this JSON file too")
     args = parser.parse_args()

@@ -227,13 +227,6 @@ def summarise(per_image: pd.DataFrame, realism: pd.DataFrame) -> dict:
     return summary
 
 
-def scoring_subset(paths: Sequence[str], count: int, seed: int) -> list[str]:
-    """A fixed subset of `count` of the paths (all of them if fewer), drawn by `seed`, in path order:
-    the same images at every size and in every run with the same files."""
-    order = np.random.default_rng(seed).permutation(len(paths))
-    return sorted(sorted(paths)[index] for index in order[:count])
-
-
 def evaluate_sizes(sets: dict[int, dict[int, np.ndarray]], fills: dict[str, Fill], mask_config: MaskConfig,
                    seed: int, batch_size: int = 64,
                    measures: Callable[[], dict[str, Measure]] = dict) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -53,7 +53,9 @@ def test_runs_lists_every_task_directory_with_its_status_and_filters(run_root, c
     incomplete = next(row for row in rows if "0123456789" in row)
     assert "incomplete: checkpoint at step 3, last write" in incomplete
     final = next(row for row in rows if row.lstrip().startswith("TrainInpainter"))
-    assert "box: psnr_hole model" in final and "strokes: psnr_hole model" in final and "best baseline" in final
+    for size in (32, 40):  # the training size and eval_sizes
+        assert f"box {size} px: psnr_hole model" in final and f"strokes {size} px: psnr_hole model" in final
+    assert "best baseline" in final
     assert "phase3_steps=4" in final
     # Beyond the key parameters, those that differ from their defaults tell runs apart; the rest do not show.
     assert "batch_size=4" in final and "alpha=" not in final and "log_every=" not in final

@@ -8,8 +8,9 @@ from luigi.task_register import Register
 
 from ganmodels.masks import MaskConfig, bounding_boxes
 from pipeline import evaluation
-from pipeline.evaluation import (area_bucket, evaluate_fills, evaluate_sizes, evaluation_masks, scoring_subset, summarise,
-                                 summarise_sizes, weighted_measures)
+from pipeline.datasets.registry import scoring_subset
+from pipeline.evaluation import (area_bucket, evaluate_fills, evaluate_sizes, evaluation_masks, summarise, summarise_sizes,
+                                 weighted_measures)
 
 SIZE = 32
 
@@ -144,12 +145,13 @@ def test_weighted_measures_with_their_files_join_the_realism_table(evaluation_se
                ["methods"]["grey"]) >= {"fid", "lpips"}
 
 
-def test_the_scoring_subset_is_fixed_by_its_seed_and_in_path_order():
+def test_the_scoring_subset_is_fixed_by_the_paths_and_adding_files_changes_few():
     paths = [f"img-{index:03d}.png" for index in range(50)]
-    chosen = scoring_subset(paths[::-1], 10, seed=4)
+    chosen = scoring_subset(paths[::-1], 10)
     assert chosen == sorted(chosen) and len(set(chosen)) == 10 and set(chosen) <= set(paths)
-    assert scoring_subset(paths, 10, seed=4) == chosen and scoring_subset(paths, 10, seed=5) != chosen
-    assert scoring_subset(paths, 80, seed=4) == paths
+    assert scoring_subset(paths, 10) == chosen and scoring_subset(paths, 80) == paths
+    grown = scoring_subset(paths + [f"new-{index:03d}.png" for index in range(5)], 10)
+    assert len(set(grown) & set(chosen)) >= 5
 
 
 def test_every_size_is_scored_with_holes_that_grow_with_the_image_and_smaller_sources_counted():

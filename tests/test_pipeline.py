@@ -171,22 +171,24 @@ def test_shards_hold_every_kept_image_in_path_order_and_the_train_mean(artifact_
 
 def test_held_out_images_are_kept_at_each_scoring_size_and_never_upscaled(artifact_root, image_folder):
     shards = pipeline.PrepareImages(dataset="folder", source=image_folder, image_size=16, eval_sizes=[24, 64],
-                                    shard_size=7, decode_workers=2)
+                                    eval_images=3, shard_size=7, decode_workers=2)
     assert luigi.build([shards], local_scheduler=True, log_level="WARNING")
     assert shards.scoring_sizes() == [16, 24, 64]
-    test_files = shards.split_files("test")
-    chosen = test_files[1:4]
+    table = pd.read_csv(shards.path("images.csv"))
+    chosen = shards.scoring_files("test")
+    assert len(chosen) == 3 and set(chosen) < set(table.loc[table["split"] == "test", "relative_path"])
     for size, side in ((16, 16), (24, 24), (64, 48)):  # the sources are 48 px: scored at their own size at 64
-        groups = shards.scoring_images("test", size, chosen)
+        groups = shards.scoring_images("test", size)
         assert list(groups) == [side]
         paths, images = groups[side]
         assert paths == chosen and images.shape == (3, 3, side, side)
         for path, image in zip(paths, images):
             with open(os.path.join(image_folder, path), "rb") as file:
                 assert np.array_equal(image, decode_image(file.read(), side, 10**8).transpose(2, 0, 1)), path
-    table = pd.read_csv(shards.path("scoring_images.csv"))
-    assert set(table["split"]) == {"val", "test"} and set(table["size"]) == {24, 64}
-    assert len(table) == 2 * len(pd.read_csv(shards.path("images.csv")).query("split != 'train'"))
+    scoring = pd.read_csv(shards.path("scoring_images.csv"))
+    assert set(scoring["size"]) == {24, 64}
+    for split in ("val", "test"):  # eval_images of each held-out split, at each larger size
+        assert sorted(scoring.loc[scoring["split"] == split, "relative_path"]) == sorted(shards.scoring_files(split) * 2)
 
 
 @pytest.mark.parametrize("parameters, in_config, status, message", [
@@ -334,7 +336,7 @@ def test_a_broken_manifest_makes_its_task_run_again_and_one_from_before_checksum
     ("TrainDCGAN", {"keep_checkpoints": 1}, "keep_checkpoints must be >= 2"),
     ("TrainDCGAN", {"real_label_high": 1.5}, "real_label_low and real_label_high must satisfy"),
     ("PrepareImages", {"eval_sizes": [256, 4]}, "eval_sizes must be a list of sides of at least 8 pixels"),
-    ("EvaluateInpainter", {"eval_images": 0}, "eval_images must be >= 1, got 0"),
+    ("PrepareImages", {"eval_images": 0}, "eval_images must be >= 1, got 0"),
 ])
 def test_a_bad_value_is_refused_naming_the_parameter_as_typed(family, parameters, message):
     with pytest.raises(Exception) as refused:

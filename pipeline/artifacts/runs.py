@@ -194,12 +194,13 @@ def is_number(value) -> bool:
 def key_metrics(summary: dict) -> str:
     if methods := evaluation_methods(summary):
         parts = []
-        for kind, by_method in (evaluation(summary).get("by_kind") or {"all": methods}).items():
-            text = f"{kind}: psnr_hole model {by_method['model']['psnr_hole']:.2f}"
-            if baselines := {name: values["psnr_hole"] for name, values in by_method.items() if name != "model"}:
-                best = max(baselines, key=baselines.get)
-                text += f", best baseline {best} {baselines[best]:.2f}"
-            parts.append(text)
+        for size, results in evaluation_sizes(evaluation(summary)).items():
+            for kind, by_method in (results.get("by_kind") or {"all": results["methods"]}).items():
+                text = f"{kind}{f' {size} px' if size else ''}: psnr_hole model {by_method['model']['psnr_hole']:.2f}"
+                if baselines := {name: values["psnr_hole"] for name, values in by_method.items() if name != "model"}:
+                    best = max(baselines, key=baselines.get)
+                    text += f", best baseline {best} {baselines[best]:.2f}"
+                parts.append(text)
         return "; ".join(parts)
     if "swd_samples" in summary:
         return f"patch SWD samples {summary['swd_samples']:.2f}, training images {summary['swd_train_images']:.2f}"

@@ -161,6 +161,13 @@ def files_below(folder) -> list[str]:
     return sorted(found)
 
 
+def scoring_subset(paths: list[str], count: int) -> list[str]:
+    """A fixed subset of `count` of the paths (all of them if fewer), in path order: those whose
+    hash ranks first, so the same files are chosen in every run and adding files changes few."""
+    rank = lambda path: hashlib.sha256(f"scoring subset:{path}".encode()).digest()  # noqa: E731
+    return sorted(sorted(paths, key=rank)[:count])
+
+
 def hash_split(relative_path: str, val_fraction: float, test_fraction: float) -> str:
     """A split that depends on the file's path alone, so adding files never moves old ones."""
     position = int.from_bytes(hashlib.sha256(relative_path.encode()).digest()[:8], "big") / 2 ** 64

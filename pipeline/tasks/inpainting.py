@@ -18,8 +18,8 @@ from ganmodels.glcic.inference import complete_any_size, load_completion
 from ..artifacts import storage
 from ..artifacts.checkpoints import FINAL_STATE, latest_checkpoint, load_state
 from ..errors import UserError
-from ..evaluation import (EVALUATION_KINDS, GRID_IMAGES, baseline_fills, evaluate_sizes, grid_masks, scoring_subset,
-                          summarise_sizes, weighted_measures)
+from ..evaluation import (EVALUATION_KINDS, GRID_IMAGES, baseline_fills, evaluate_sizes, grid_masks, summarise_sizes,
+                          weighted_measures)
 from .base import ArtifactTask, log
 from .options import build_options, takes_options
 from .prepare import PrepareImages, splits_by_fraction
@@ -114,8 +114,6 @@ class EvaluationParameters:
 
     eval_seed = luigi.IntParameter(default=0, description="Seed of the fixed evaluation masks")
     grid_images = luigi.IntParameter(default=GRID_IMAGES, description="Validation images in each grid")
-    eval_images = luigi.IntParameter(default=300, description="Test images scored at each size: a fixed subset "
-                                                              "drawn by eval_seed, or the whole split if smaller")
     eval_batch_size = luigi.IntParameter(default=64, significant=False)
 
 
@@ -154,11 +152,6 @@ class EvaluateInpainter(EvaluationParameters, ArtifactTask):
     def requires(self):
         return {"shards": self.clone(PrepareImages), "model": self.clone(TrainJoint)}
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.eval_images < 1:
-            raise UserError(f"eval_images must be >= 1, got {self.eval_images}")
-
     def build(self):
         shards, model_task = self.requires()["shards"], self.requires()["model"]
         mean_pixel = torch.tensor(shards.mean_pixel())
@@ -167,8 +160,7 @@ class EvaluateInpainter(EvaluationParameters, ArtifactTask):
         # The path `infill` and the studio fill a user's image with, at every size.
         fills = {"model": lambda images, mask: complete_any_size(completion, images, mask, mean_pixel, training_size),
                  **baseline_fills(mean_pixel)}
-        chosen = scoring_subset(shards.split_files("test"), self.eval_images, self.eval_seed)
-        sets = {size: {side: images for side, (_, images) in shards.scoring_images("test", size, chosen).items()}
+        sets = {size: {side: images for side, (_, images) in shards.scoring_images("test", size).items()}
                 for size in shards.scoring_sizes()}
         per_image, realism = evaluate_sizes(sets, fills, options.masks, self.eval_seed, self.eval_batch_size,
                                             measures=weighted_measures)

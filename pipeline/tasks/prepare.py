@@ -11,6 +11,7 @@ from tqdm import tqdm
 from .. import datasets
 from ..artifacts import storage
 from ..datasets import SPLITS
+from ..datasets.registry import scoring_subset
 from ..errors import UserError
 from ..ingestion.pool import DecodeSettings, usable_cores
 from ..ingestion.shards import write_scoring_shards, write_shards
@@ -49,6 +50,9 @@ class PrepareImages(ArtifactTask):
     eval_sizes = luigi.ListParameter(default=[256], description="Sides in pixels at which the val and test splits "
                                      "are also kept and scored, besides image_size; a source image with a shorter "
                                      "short side is kept at its own size, e.g. [256,512]")
+    eval_images = luigi.IntParameter(default=300, description="Val and test images kept at eval_sizes, per split: a "
+                                                              "fixed subset chosen by a hash of their paths; the "
+                                                              "evaluation scores these test images at every size")
     val_fraction = luigi.FloatParameter(default=0.1, description="Share of files for val without an official split")
     test_fraction = luigi.FloatParameter(default=0.1, description="Share of files for test without an official split")
     official_split = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
@@ -78,6 +82,8 @@ class PrepareImages(ArtifactTask):
         if not all(isinstance(size, int) and size >= 8 for size in self.eval_sizes):
             raise UserError(f"eval_sizes must be a list of sides of at least 8 pixels, e.g. [256,512], "
                             f"got {list(self.eval_sizes)}")
+        if self.eval_images < 1:
+            raise UserError(f"eval_images must be >= 1, got {self.eval_images}")
 
     def scoring_sizes(self) -> list[int]:
         """Every side the held-out splits are scored at: image_size and eval_sizes, ascending."""
@@ -123,7 +129,9 @@ class PrepareImages(ArtifactTask):
         if rejected_share > self.max_rejected_fraction:
             raise UserError(f"{len(written.rejected)} of {len(paths)} files rejected ({rejected_share:.0%}), above "
                             f"max_rejected_fraction={self.max_rejected_fraction}; see {self.path('rejected.csv')}")
-        held_out = [(path, split, sha256) for path, split, _, _, sha256 in written.kept if split != "train"]
+        scored = {split: set(scoring_subset([row[0] for row in written.kept if row[1] == split], self.eval_images))
+                  for split in ("val", "test")}
+        held_out = [(path, split, sha256) for path, split, _, _, sha256 in written.kept if path in scored.get(split, ())]
         larger_sizes = tuple(size for size in self.scoring_sizes() if size != self.image_size)
         log.info("PrepareImages: decoding %d val and test images again at %s px", len(held_out), larger_sizes)
         scoring = write_scoring_shards(source.folder, held_out, larger_sizes, self.max_pixels,
@@ -170,16 +178,16 @@ class PrepareImages(ArtifactTask):
         """The memory-mapped shards of one split, in shard order."""
         return [storage.load_array(path, cache_dir()) for path in self.split_paths(split)]
 
-    def scoring_images(self, split: str, size: int, relative_paths: list[str]) -> dict[int, tuple[list[str], np.ndarray]]:
-        """The split's images of relative_paths at one scoring size, grouped by the side they were kept at
-        (the size, or a smaller source's own): {side: (relative paths, (N, 3, side, side) uint8)}."""
+    def scoring_images(self, split: str, size: int) -> dict[int, tuple[list[str], np.ndarray]]:
+        """The split's scoring_files at one scoring size, grouped by the side they were kept at (the size,
+        or a smaller source's own): {side: (relative paths, (N, 3, side, side) uint8)}."""
         if size == self.image_size:
             table, side_of = _read_csv(self.path("images.csv")), lambda row: size
         else:
             table = _read_csv(self.path("scoring_images.csv"))
             table = table[table["size"] == size]
             side_of = lambda row: int(row.side)  # noqa: E731
-        table = table[(table["split"] == split)].set_index("relative_path").loc[relative_paths]
+        table = table[(table["split"] == split)].set_index("relative_path").loc[self.scoring_files(split)]
         groups: dict[int, tuple[list[str], list[np.ndarray]]] = {}
         shards = {}
         for path, row in table.iterrows():
@@ -190,10 +198,10 @@ class PrepareImages(ArtifactTask):
             images.append(shards[row.shard][int(row.row)])
         return {side: (paths, np.stack(images)) for side, (paths, images) in sorted(groups.items())}
 
-    def split_files(self, split: str) -> list[str]:
-        """The relative paths of the split's kept images, in path order."""
+    def scoring_files(self, split: str) -> list[str]:
+        """The relative paths of the val or test images kept at every scoring size, in path order."""
         table = _read_csv(self.path("images.csv"))
-        return sorted(table.loc[table["split"] == split, "relative_path"])
+        return scoring_subset(list(table.loc[table["split"] == split, "relative_path"]), self.eval_images)
 
     def mean_pixel(self) -> list[float]:
         return storage.read_json(self.path("mean_pixel.json"))["mean_pixel"]

@@ -7,6 +7,7 @@ of a classifier two-sample test (ganmodels.metrics). Results are reported per ki
 hole-area bucket, as the inpainting papers do.
 """
 import dataclasses
+import functools
 import logging
 import os
 from typing import Callable, Sequence
@@ -95,8 +96,9 @@ class LpipsMeasure:
         return float(self.metric.compute())
 
 
-def weighted_measures() -> dict[str, Measure]:
-    """FID and LPIPS for the weight files [evaluation] names and that exist; one log line per skipped one."""
+def weighted_measures() -> dict[str, Callable[[], Measure]]:
+    """FID and LPIPS for the weight files [evaluation] names and that exist, each as a function that makes a
+    fresh one (a measure keeps the real images it first saw); one log line per skipped one."""
     from torchvision.models import AlexNet_Weights
 
     settings = evaluation()
@@ -112,7 +114,7 @@ def weighted_measures() -> dict[str, Measure]:
         elif not os.path.isfile(path):
             log.info("%s skipped: %s, named by [evaluation] %s, does not exist", name.upper(), path, option)
         else:
-            measures[name] = measure(settings.lpips_torch_home if name == "lpips" else path)
+            measures[name] = functools.partial(measure, settings.lpips_torch_home if name == "lpips" else path)
     return measures
 
 
@@ -229,17 +231,18 @@ def summarise(per_image: pd.DataFrame, realism: pd.DataFrame) -> dict:
 
 def evaluate_sizes(sets: dict[int, dict[int, np.ndarray]], fills: dict[str, Fill], mask_config: MaskConfig,
                    seed: int, batch_size: int = 64,
-                   measures: Callable[[], dict[str, Measure]] = dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   measures: dict[str, Callable[[], Measure]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """evaluate_fills at every scoring size: sets is {size: {side: (N, 3, side, side) uint8}}, where a side
     below the size holds the images kept at their own, smaller size. Masks are drawn at each side with
     the same fractions of the image, so holes grow with it. Rows gain `size` and `side`; realism rows
-    also `n`, the images they rest on. `measures` makes fresh weighted measures per set of images."""
+    also `n`, the images they rest on. `measures` (weighted_measures()) are made afresh for each set of images."""
     per_image, realism = [], []
     for size, groups in sets.items():
         first_image = 0
         for side, images in groups.items():
             scored, measured = evaluate_fills([images], fills, dataclasses.replace(mask_config, image_size=side),
-                                              seed, batch_size, measures=measures())
+                                              seed, batch_size,
+                                              measures={name: make() for name, make in (measures or {}).items()})
             per_image.append(scored.assign(size=size, side=side, image=scored["image"] + first_image))
             realism.append(measured.assign(size=size, side=side, n=len(images)))
             first_image += len(images)

@@ -136,7 +136,7 @@ def test_weighted_measures_with_their_files_join_the_realism_table(evaluation_se
 
     monkeypatch.setattr(evaluation, "FidMeasure", StandIn)
     monkeypatch.setattr(evaluation, "LpipsMeasure", StandIn)
-    measures = weighted_measures()
+    measures = {name: make() for name, make in weighted_measures().items()}
     assert set(measures) == {"fid", "lpips"} and sorted(built.values()) == sorted([str(weights), str(tmp_path / "torch")])
     _, realism = evaluate_fills(_shards(16), FILLS, MaskConfig(image_size=SIZE), seed=0, measures=measures)
     table = realism.set_index(["method", "kind"])

@@ -163,7 +163,7 @@ class EvaluateInpainter(EvaluationParameters, ArtifactTask):
         sets = {size: {side: images for side, (_, images) in shards.scoring_images("test", size).items()}
                 for size in shards.scoring_sizes()}
         per_image, realism = evaluate_sizes(sets, fills, options.masks, self.eval_seed, self.eval_batch_size,
-                                            measures=weighted_measures)
+                                            measures=weighted_measures())
         with self.open_write("metrics.csv") as file:
             per_image.to_csv(file, index=False)
         with self.open_write("realism.csv") as file:

@@ -153,6 +153,12 @@ def test_every_command_shown_is_one_the_command_line_accepts(page, command):
     assert not unknown, f"{page}: {command}\n  gives options its --help does not list: {', '.join(unknown)}"
 
 
+def test_the_readme_shows_the_test_command_that_ci_runs():
+    ci_command = [line for line in read(".ci/run").splitlines() if line and not line.startswith("#")][-1]
+    two_commands = split_fences(read("README.md"))[1][0][1]
+    assert ci_command in two_commands.splitlines()
+
+
 def test_the_parameter_reference_is_generated_from_the_code():
     from pipeline.reference import COMMAND
 

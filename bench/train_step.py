@@ -39,7 +39,7 @@ VARIANTS = {"fast": {}, "eager": {"compile": False}, "compile": {"compile": True
             "nchw": {"channels_last": False}, "fp32": {"precision": "fp32"}}
 
 # Which completion network and training recipe to time: the paper's (configs/paper.cfg; the one
-# docs/training-speed.md's tables measured) or the pipeline's defaults.
+# docs/speed.md's GPU and CPU tables measured) or the pipeline's defaults.
 NETWORKS = {"paper": {"upsample": "transpose", "skips": False, "hole_fill": "mean", "mask_kind": "box", "loss": "mse",
                       "lr_schedule": "constant", "max_zoom": 1.0},
             "default": {}}
@@ -129,7 +129,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--variants", default="fast,stream",
                         help=f"fast-path variants to time, from {', '.join(VARIANTS)} (the plain path always runs)")
     parser.add_argument("--network", choices=sorted(NETWORKS), default="paper",
-                        help="paper: the paper's network and recipe (as docs/training-speed.md measured); "
+                        help="paper: the paper's network and recipe (as docs/speed.md's tables measured); "
                              "default: the pipeline's")
     parser.add_argument("--data-workers", type=int, default=RuntimeOptions.data_workers,
                         help="DataLoader workers of the fast path when it streams")

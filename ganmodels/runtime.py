@@ -23,7 +23,7 @@ DATA_BUDGET_FRACTION = 0.5
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where oneDNN's bf16
     convolutions outrun its fp32 ones: 1.44x for the default inpainter's training on two cores of
-    an AMD EPYC with AVX512-BF16 (docs/training-speed.md)."""
+    an AMD EPYC with AVX512-BF16 (docs/speed.md)."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own; private, so maybe absent
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
@@ -92,7 +92,7 @@ class Runtime:
         twice the TF32 rate) and on CPUs that compute it natively (cpu_has_native_bf16), fp32 on
         other CPUs, which would emulate it. auto compile:
         on CUDA, where it fuses each batch norm with its ReLU (1.3x at 256 px, see
-        README); not on the CPU, where compiling takes tens of seconds per phase on a
+        docs/speed.md); not on the CPU, where compiling takes tens of seconds per phase on a
         few cores and what it gains depends on the CPU (nothing on the development machine).
         """
         if device == "auto":

@@ -29,7 +29,7 @@ from .errors import UserError, explain
 from .studio import LOOPBACK_HOSTS
 from .settings import artifact_root, cache_dir
 
-# The default network took about 0.45 GB per megapixel on the CPU (README): 16 megapixels
+# An earlier default network took about 0.45 GB per megapixel on the CPU (docs/experiments.md): 16 megapixels
 # need about 8 GB; larger images are refused unless asked for.
 DEFAULT_MAX_PIXELS = 16_000_000
 DEFAULT_MAX_UPLOAD_MB = 20.0
@@ -68,7 +68,7 @@ def read_image(path: str, max_pixels: int) -> np.ndarray:
             return decode_full_size(file.read(), max_pixels)
     except TooManyPixels as error:
         raise UserError(f"image {path} has {error.width}x{error.height} pixels, more than --max-pixels "
-                        f"{max_pixels}; the memory needed grows with the pixels (README): shrink or crop "
+                        f"{max_pixels}; the memory needed grows with the pixels (docs/runs.md): shrink or crop "
                         "it, or raise --max-pixels if this machine has the memory") from None
     except (OSError, RejectedImage) as error:
         raise UserError(f"cannot read image {path}: {error}") from None

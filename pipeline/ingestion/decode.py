@@ -22,7 +22,7 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 # down to this multiple, then applies LANCZOS; its documentation calls 3 indistinguishable
 # from a full-quality resize, and a full-width Lanczos kernel over a 100-megapixel image
 # costs seconds even in SIMD. Smaller reductions take the SIMD resizer where installed:
-# the same Lanczos-3 filter at a quarter of Pillow's time (README, Speed).
+# the same Lanczos-3 filter at a quarter of Pillow's time (docs/speed.md).
 REDUCING_GAP = 3.0
 _SIMD_RESIZER = Resizer() if Resizer else None
 

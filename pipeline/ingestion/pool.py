@@ -124,7 +124,7 @@ def ingest_folder(folder: str, relative_paths: list[str], settings: DecodeSettin
 
     The pixels come back through shared memory rather than the result pipe: pickling,
     piping and unpickling every image cost about a tenth of the decoding's CPU time
-    (README, Speed). A fixed number of chunks is in flight, each with its own block of
+    (docs/experiments.md, "What made ingestion fast"). A fixed number of chunks is in flight, each with its own block of
     slots, so a slow consumer holds the workers back instead of letting results pile up
     in memory.
     """

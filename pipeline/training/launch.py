@@ -6,7 +6,7 @@ each of M machines. Rank 0 reads the job on its standard input, so no file is le
 when the worker is killed; the processes report log rows, written files and errors as
 event lines on their standard output (pipeline.training.job), which the task turns into
 luigi progress. The other machines of a multi-machine job run `gan-pipeline-distributed
-join` (README, "Many GPUs").
+join` (docs/scaling.md, "Many GPUs").
 """
 import logging
 import os

@@ -114,7 +114,8 @@ class EvaluationParameters:
 
     eval_seed = luigi.IntParameter(default=0, description="Seed of the fixed evaluation masks")
     grid_images = luigi.IntParameter(default=GRID_IMAGES, description="Validation images in each grid")
-    eval_batch_size = luigi.IntParameter(default=64, significant=False)
+    eval_batch_size = luigi.IntParameter(default=64, significant=False,
+                                         description="Images filled at once in the evaluation; memory, not results")
 
 
 @luigi.util.inherits(TrainJoint)
@@ -122,7 +123,8 @@ class RenderEvalGrid(EvaluationParameters, ArtifactTask):
     """A PNG grid of fixed validation images under fixed masks, boxes then strokes:
     each row is masked input | completion | original."""
 
-    phase = luigi.ChoiceParameter(default=3, choices=(1, 2, 3), var_type=int)
+    phase = luigi.ChoiceParameter(default=3, choices=(1, 2, 3), var_type=int,
+                                  description="Which phase's final network fills the grid")
 
     def requires(self):
         return {"shards": self.clone(PrepareImages), "model": self.clone(PHASE_TASKS[self.phase])}

@@ -29,7 +29,7 @@ from ganmodels.rendering import to_uint8  # noqa: E402
 from ganmodels.world import resolve_device  # noqa: E402
 from pipeline.artifacts import storage  # noqa: E402
 from pipeline.artifacts.runs import Run, ancestry, checkpoint_path, find_run, model_state  # noqa: E402
-from pipeline.errors import UserError, explain  # noqa: E402
+from pipeline.errors import UserError, exit_code  # noqa: E402
 from pipeline.evaluation import EVALUATION_KINDS, classical_inpaint, evaluation_masks  # noqa: E402
 from pipeline.infill import Inpainter  # noqa: E402
 from pipeline.settings import artifact_root, cache_dir  # noqa: E402
@@ -120,15 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     root = args.root or artifact_root()
-    try:
+
+    def render() -> None:
         for path in render_grids(root, args.run, args.out, args.images, args.scale, resolve_device(args.device)):
             print(path)
-    except Exception as error:
-        if (message := explain(error)) is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_code(render)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from .ingestion.decode import ACCEPTED_FORMATS, RejectedImage, TooManyPixels, de
 from .infill import Inpainter
 from .artifacts.runs import (Run, ancestry, checkpoint_path, find_run, human_size, load_run, model_state, progress,
                              runs_table, status, timestamp, upstream)
-from .errors import UserError, explain
+from .errors import UserError, exit_code
 from .studio import LOOPBACK_HOSTS
 from .settings import artifact_root, cache_dir
 
@@ -314,11 +314,4 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.root = _root(args.root)
-    try:
-        args.handler(args)
-    except Exception as error:
-        if (message := explain(error)) is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: args.handler(args))

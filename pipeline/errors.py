@@ -7,8 +7,10 @@ anything else, which keeps its traceback. The CLI and the studio print its messa
 `OneLineErrors` turns the records of explained errors into one line.
 """
 import logging
+import sys
 import urllib.parse
 from contextlib import contextmanager
+from typing import Callable
 
 import botocore.exceptions
 
@@ -46,6 +48,19 @@ def explain(error: BaseException) -> str | None:
         details = error.response.get("Error", {})
         return f"S3 refused the request: {details.get('Code', 'unknown error')} ({details.get('Message', '')})"
     return None
+
+
+def exit_code(command: Callable[[], object]) -> int:
+    """Run a command-line program's work: 0 when it succeeds, 2 with one `error:` line for a user's mistake
+    (explain), and any other failure raised with its traceback."""
+    try:
+        command()
+    except Exception as error:
+        if (message := explain(error)) is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0
 
 
 @contextmanager

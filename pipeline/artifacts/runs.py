@@ -192,7 +192,7 @@ def is_number(value) -> bool:
 
 
 def key_metrics(summary: dict) -> str:
-    if methods := evaluation_methods(summary):
+    if evaluation_methods(summary):
         parts = []
         for size, results in evaluation_sizes(evaluation(summary)).items():
             for kind, by_method in (results.get("by_kind") or {"all": results["methods"]}).items():

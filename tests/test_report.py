@@ -82,10 +82,12 @@ def test_report_leads_with_the_verdict_then_grids_metrics_loss_curves_and_parame
     positions = [next(index for index, heading in enumerate(page.headings) if heading.startswith(section))
                  for section in SECTIONS]
     assert positions[0] == 0 and positions == sorted(positions)
-    assert [line.split(":")[0].split(",")[0] for line in page.verdict()] == ["box", "strokes"]
-    for line in page.verdict():  # the tiny run's metrics, of one size
+    # The tiny run's metrics at its training size and at its eval_sizes, smallest first.
+    assert [line.split(":")[0] for line in page.verdict()] == ["box, 32 px", "strokes, 32 px", "box, 40 px",
+                                                               "strokes, 40 px"]
+    for line in page.verdict():
         assert re.fullmatch(r"\w+, [^:]+: hole PSNR [\d.]+ dB vs [\d.]+ dB \([+−][\d.]+ dB, (better|worse|equal)\); "
-                            r"SSIM .+; realism: C2ST accuracy .+; hole patch SWD .+", line), line
+                            r"SSIM .+; border gradient error .+; realism: C2ST accuracy .+; hole patch SWD .+", line), line
     grids = [source for source in page.images if source.endswith("-grid.png")]
     assert len(grids) == 3 and "images/loss_curves.png" in page.images
     for phase in (1, 2, 3):
@@ -98,9 +100,9 @@ def test_report_leads_with_the_verdict_then_grids_metrics_loss_curves_and_parame
     assert "floor" in text and "classical baseline" in text
     for kind in ("box", "strokes"):  # per mask kind, with the realism measures and the hole-area buckets
         assert f"{kind} masks" in text and f"{kind} masks by hole area" in text
-    # over all masks, then per kind
-    assert len(re.findall(r"psnr_hole: the model (beats|does not beat) the best baseline", text)) == 3
-    assert len(re.findall(r"c2st_accuracy: the model (beats|does not beat) the best baseline", text)) == 3
+    # over all masks, then per kind, at each of the two sizes
+    assert len(re.findall(r"psnr_hole: the model (beats|does not beat) the best baseline", text)) == 6
+    assert len(re.findall(r"c2st_accuracy: the model (beats|does not beat) the best baseline", text)) == 6
     assert "phase3_steps" in text and "width" in text
 
 

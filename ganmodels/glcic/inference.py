@@ -182,8 +182,10 @@ def complete_any_size(net: nn.Module, images: torch.Tensor, mask: torch.Tensor, 
     filled in a crop around it (hole_crops) at the training scale (fill_at_training_scale): the
     holes then look to the network as those it learned to fill, whatever the photograph's size,
     and a small hole in a large photograph costs a small crop. Where the crop is no larger than
-    training_size the network runs on it as it is, so an image of the training size is completed
+    training_size the network runs on it as it is, so images of the training size are completed
     exactly as in training. docs/hires-fill.md compares this with the other ways measured.
     """
+    if max(images.shape[-2:]) <= training_size:  # every crop would be the whole image: one batch, as in training
+        return paste(images, predict(net, images, mask, mean_pixel), mask)
     return complete_in_crops(images, mask, training_size,
                              lambda crop, holes: fill_at_training_scale(net, crop, holes, mean_pixel, training_size))

@@ -1,15 +1,15 @@
 """Filling a user's image with a trained inpainter, as `python -m pipeline infill` and the studio do.
 
 Images are (H, W, 3) uint8 RGB at their own size and masks (H, W) bool, True in the holes.
-The network sees the image reflect-padded to its size multiple and its output is cropped
-back (ganmodels.glcic.inference.predict), so no pixel is resampled and known pixels come back
-unchanged.
+The network fills each region of holes in a crop around it seen at its training scale
+(ganmodels.glcic.inference.complete_any_size, the path the evaluation scores too), and known
+pixels come back unchanged.
 """
 import cv2
 import numpy as np
 import torch
 
-from ganmodels.glcic.inference import load_completion, paste, predict, size_multiple
+from ganmodels.glcic.inference import complete_any_size, load_completion, size_multiple
 from ganmodels.rendering import to_uint8
 
 from .errors import UserError
@@ -29,12 +29,13 @@ def _batch(pixels: np.ndarray, mask: np.ndarray, device: torch.device) -> tuple[
 
 
 class Inpainter:
-    """The completion network of a training state with the mean pixel it was trained with."""
+    """The completion network of a training state with the mean pixel and the image size it was trained with."""
 
     def __init__(self, state: dict, device: torch.device):
         self.device = device
         self.completion = load_completion(state, device)
         self.mean_pixel = torch.tensor(state["mean_pixel"], device=device)
+        self.training_size = state["config"]["masks"]["image_size"]
         self.multiple = size_multiple(self.completion)
 
     def check_size(self, pixels: np.ndarray, what: str) -> None:
@@ -46,10 +47,8 @@ class Inpainter:
     def fill(self, pixels: np.ndarray, mask: np.ndarray, poisson: bool) -> np.ndarray:
         """The image with its holes filled by the network, pasted or Poisson-blended (`poisson`)."""
         images, holes = _batch(pixels, mask, self.device)
-        prediction = predict(self.completion, images, holes, self.mean_pixel)
-        if poisson:
-            return poisson_blend(pixels, _pixels(prediction), mask)
-        return _pixels(paste(images, prediction, holes))
+        completed = _pixels(complete_any_size(self.completion, images, holes, self.mean_pixel, self.training_size))
+        return poisson_blend(pixels, completed, mask) if poisson else completed
 
 
 def telea(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:

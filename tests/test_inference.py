@@ -1,10 +1,12 @@
 """Inference on new inputs: any image size, known pixels kept, classical baselines, latent walks."""
 import pytest
 import torch
+from torch import nn
 
 from ganmodels.glcic.config import ModelConfig
-from ganmodels.glcic.inference import paste, predict, size_multiple
+from ganmodels.glcic.inference import complete_any_size, hole_crops, paste, predict, size_multiple
 from ganmodels.glcic.networks import CompletionNetwork, InfillGenerator, build_networks, complete, fill_holes
+from ganmodels.masks import MaskConfig, sample_strokes
 from ganmodels.metrics import hole_l1
 from pipeline.evaluation import CLASSICAL_METHODS, classical_inpaint
 
@@ -56,6 +58,115 @@ def test_prediction_at_a_multiple_of_the_network_size_matches_training():
 def test_images_smaller_than_the_size_multiple_are_refused():
     with pytest.raises(ValueError, match="at least 4 pixels"):
         predict(CompletionNetwork(width=0.125).eval(), torch.rand(1, 3, 3, 8), torch.ones(1, 1, 3, 8), torch.zeros(3))
+
+
+class CountingNetwork(nn.Module):
+    """A completion network that records the shape of every input it is run on."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net, self.hole_fill, self.shapes = net, net.hole_fill, []
+
+    def forward(self, network_input: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(network_input.shape))
+        return self.net(network_input)
+
+
+TRAINING_SIZE = 32
+MEAN_PIXEL = torch.tensor([0.4, 0.5, 0.6])
+
+
+def trained_looking_network(seed: int = 0) -> CountingNetwork:
+    """A harmonic-fill network whose correction is not zero, as after training."""
+    torch.manual_seed(seed)
+    net = CompletionNetwork(width=0.125, upsample="resize", skips=True, hole_fill="harmonic")
+    nn.init.normal_(net.layers[-1].weight, std=0.2)
+    return CountingNetwork(net.eval())
+
+
+@pytest.mark.parametrize("height, width", [(97, 203), (301, 150), (20, 33), (257, 255)])
+def test_any_size_keeps_known_pixels_and_fills_every_hole(height, width):
+    net = trained_looking_network()
+    images = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(1))
+    mask = box_mask(2, height, width, height // 5, width // 6, min(height, width) // 4)
+    mask[0, :, -height // 3:, -width // 4:] = 1  # a second region, at the bottom-right corner
+    mask[1, :, 0, 0] = 1  # a single pixel in a corner
+    completed = complete_any_size(net, images, mask, MEAN_PIXEL, TRAINING_SIZE)
+    known = mask.expand_as(images) == 0
+    assert completed.shape == images.shape
+    assert torch.equal(completed[known], images[known])
+    assert completed.isfinite().all() and completed.min() >= 0 and completed.max() <= 1
+    assert (completed[~known] != images[~known]).float().mean() > 0.99  # the holes were filled, not left as they were
+
+
+@pytest.mark.parametrize("height, width", [(TRAINING_SIZE, TRAINING_SIZE), (24, 30)])
+def test_at_the_training_size_or_below_it_is_the_network_on_the_whole_image(height, width):
+    net = trained_looking_network()
+    images, mask = torch.rand(3, 3, height, width), box_mask(3, height, width, 5, 9, 12)
+    mask[1, :, 20:, :] = 1
+    completed = complete_any_size(net, images, mask, MEAN_PIXEL, TRAINING_SIZE)
+    assert torch.equal(completed, paste(images, predict(net, images, mask, MEAN_PIXEL), mask))
+
+
+def test_a_small_hole_in_a_large_image_is_filled_from_a_crop_around_it():
+    net = trained_looking_network()
+    images, mask = torch.rand(1, 3, 400, 600), box_mask(1, 400, 600, 200, 300, 5)
+    completed = complete_any_size(net, images, mask, MEAN_PIXEL, TRAINING_SIZE)
+    assert net.shapes == [(1, 4, TRAINING_SIZE, TRAINING_SIZE)]  # one crop, at its own scale
+    far_changed = images.clone()
+    far_changed[..., :150, :] = torch.rand(1, 3, 150, 600)
+    far_changed[..., :, 350:] = torch.rand(1, 3, 400, 250)
+    assert torch.equal(complete_any_size(net, far_changed, mask, MEAN_PIXEL, TRAINING_SIZE)[mask.bool().expand_as(images)],
+                       completed[mask.bool().expand_as(images)])
+
+
+def test_large_holes_are_filled_at_the_training_scale():
+    net = trained_looking_network()
+    images, mask = torch.rand(1, 3, 240, 320), box_mask(1, 240, 320, 50, 90, 130)
+    complete_any_size(net, images, mask, MEAN_PIXEL, TRAINING_SIZE)
+    # The crop, 260 pixels square cut to the image's 240 rows, seen with its short side at 32 pixels
+    # (35 columns, padded to a multiple of 4).
+    assert net.shapes == [(1, 4, TRAINING_SIZE, 36)]
+
+
+def test_separate_holes_get_separate_crops_and_nearby_ones_share_one():
+    net = trained_looking_network()
+    images = torch.rand(1, 3, 300, 300)
+    apart = box_mask(1, 300, 300, 20, 20, 6) + box_mask(1, 300, 300, 250, 240, 6)
+    completed = complete_any_size(net, images, apart, MEAN_PIXEL, TRAINING_SIZE)
+    assert net.shapes == [(1, 4, TRAINING_SIZE, TRAINING_SIZE)] * 2
+    assert (completed[apart.bool().expand_as(images)] != images[apart.bool().expand_as(images)]).all()
+    net.shapes.clear()
+    complete_any_size(net, images, box_mask(1, 300, 300, 100, 100, 6) + box_mask(1, 300, 300, 100, 115, 6),
+                      MEAN_PIXEL, TRAINING_SIZE)
+    assert len(net.shapes) == 1
+
+
+@pytest.mark.parametrize("height, width", [(130, 77), (64, 500), (333, 333)])
+def test_hole_crops_hold_every_hole_pixel_once_inside_the_image(height, width):
+    config = MaskConfig(image_size=max(height, width), stroke_area_min=0.02, stroke_area_max=0.05)
+    mask = sample_strokes(1, config, torch.Generator().manual_seed(3))[0, 0, :height, :width]
+    mask[-3:, -3:] = 1
+    covered = torch.zeros(height, width)
+    crops = hole_crops(mask, TRAINING_SIZE)
+    for top, left, crop_height, crop_width in crops:
+        assert 0 <= top and top + crop_height <= height and 0 <= left and left + crop_width <= width
+        assert min(crop_height, crop_width) >= min(TRAINING_SIZE, height, width)
+        covered[top:top + crop_height, left:left + crop_width] += 1
+    assert covered.max() <= 1 and (covered[mask > 0] == 1).all()
+    assert hole_crops(torch.zeros(height, width), TRAINING_SIZE) == []
+
+
+def test_an_untrained_correction_gives_the_full_size_harmonic_fill():
+    """At the start of training the network's correction is zero: whatever the scale it works at, the
+    fill must then be the harmonic interpolation of the holes' border at the image's own size."""
+    torch.manual_seed(0)
+    net = CompletionNetwork(width=0.125, skips=True, hole_fill="harmonic").eval()
+    images = 0.1 + 0.8 * smooth_images(2, 150, 140)
+    mask = box_mask(2, 150, 140, 40, 30, 80)  # the crop around it is the whole image
+    completed = complete_any_size(net, images, mask, MEAN_PIXEL, TRAINING_SIZE)
+    harmonic = fill_holes(images, mask, MEAN_PIXEL, "harmonic")
+    assert torch.allclose(completed, harmonic, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", sorted(CLASSICAL_METHODS))

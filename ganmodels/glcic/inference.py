@@ -1,5 +1,6 @@
 """Using a trained completion network on new inputs: any image size, any mask."""
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -8,6 +9,17 @@ from torch import nn
 from ..options import from_dict
 from .config import ModelConfig
 from .networks import build_networks, fill_holes
+
+# Hole regions are told apart on a grid of at most this many cells a side: fine enough to keep a
+# scratch apart from a distant one, coarse enough that labelling the regions of a 12-megapixel
+# mask takes milliseconds.
+REGION_GRID = 64
+# The network fills each hole region in a crop this many times the region's extent, seen at the
+# training scale: its training holes span 25-50 % of the image side, and the crop, never smaller
+# than the training size, gives it the surroundings it learned to fill from.
+CONTEXT = 2.0
+
+CropFill = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, mask) -> the holes filled
 
 
 def load_completion(state: dict, device: torch.device | str = "cpu") -> nn.Module:
@@ -26,23 +38,28 @@ def size_multiple(net: nn.Module) -> int:
     return math.prod(layer.stride[0] for layer in net.modules() if isinstance(layer, nn.Conv2d))
 
 
-def predict(net: nn.Module, images: torch.Tensor, mask: torch.Tensor, mean_pixel: torch.Tensor) -> torch.Tensor:
-    """The network's raw output for images of any size: every pixel predicted, none pasted.
+def network_output(net: nn.Module, filled: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The network's output for images whose holes are already filled, at any size.
 
-    images: (N, 3, H, W) in [0, 1]; mask: (N, 1, H, W) of 0 and 1, 1 in the holes. The
-    network sees the images and mask reflect-padded at the bottom and right up to its size
+    The network sees the images and mask reflect-padded at the bottom and right up to its size
     multiple, and its output is cropped back, so no pixel is resampled.
     """
-    height, width = images.shape[-2:]
+    height, width = filled.shape[-2:]
     multiple = size_multiple(net)
     if min(height, width) < multiple:
         raise ValueError(f"images must be at least {multiple} pixels on each side, got {width}x{height}")
     padding = (0, -width % multiple, 0, -height % multiple)
-    padded_mask = F.pad(mask, padding, mode="reflect")
-    network_input = torch.cat([fill_holes(F.pad(images, padding, mode="reflect"), padded_mask, mean_pixel,
-                                          net.hole_fill), padded_mask], dim=1)
+    network_input = torch.cat([F.pad(filled, padding, mode="reflect"), F.pad(mask, padding, mode="reflect")], dim=1)
     with torch.no_grad():
         return net(network_input)[..., :height, :width]
+
+
+def predict(net: nn.Module, images: torch.Tensor, mask: torch.Tensor, mean_pixel: torch.Tensor) -> torch.Tensor:
+    """The network's raw output for images of any size: every pixel predicted, none pasted.
+
+    images: (N, 3, H, W) in [0, 1]; mask: (N, 1, H, W) of 0 and 1, 1 in the holes.
+    """
+    return network_output(net, fill_holes(images, mask, mean_pixel, net.hole_fill), mask)
 
 
 def paste(images: torch.Tensor, prediction: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -50,7 +67,125 @@ def paste(images: torch.Tensor, prediction: torch.Tensor, mask: torch.Tensor) ->
     return torch.lerp(images, prediction.to(images.dtype), mask)
 
 
+def working_size(height: int, width: int, training_size: int) -> tuple[int, int]:
+    """(height, width) at which an image of this size shows its content at the training scale.
+
+    Training images are the square centre crops of photographs resized to training_size, so
+    a crop's short side maps to training_size; an image already smaller keeps its size.
+    """
+    scale = max(1.0, min(height, width) / training_size)
+    return max(1, round(height / scale)), max(1, round(width / scale))
+
+
+def downscaled(images: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images (antialiased) and the mask at `size`; a small pixel touching any hole pixel is a hole,
+    so no colour of a hole leaks into what the network sees as known."""
+    small = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    return small, F.adaptive_max_pool2d(mask, size)
+
+
+def upscaled(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic: smooth across the small pixels' borders, where bilinear shows their grid."""
+    return F.interpolate(images, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def hole_regions(mask: torch.Tensor) -> list[tuple[int, int, int, int]]:
+    """(top, left, bottom, right) of each connected region of a (H, W) mask's holes.
+
+    Regions are told apart on a grid of at most REGION_GRID cells a side (holes that share a
+    cell are one region), labelled by spreading the largest cell index over each region.
+    """
+    height, width = mask.shape
+    cell = math.ceil(max(height, width) / REGION_GRID)
+    holes = F.max_pool2d(mask[None, None].float(), cell, ceil_mode=True)[0, 0] > 0
+    labels = torch.where(holes, torch.arange(1, holes.numel() + 1, dtype=torch.float32).view(holes.shape), 0.0)
+    while True:
+        spread = torch.where(holes, F.max_pool2d(labels[None, None], 3, stride=1, padding=1)[0, 0], 0.0)
+        if torch.equal(spread, labels):
+            break
+        labels = spread
+    regions = []
+    for label in labels.unique()[1:] if holes.any() else ():
+        rows, cols = (labels == label).nonzero(as_tuple=True)
+        regions.append((rows.min().item() * cell, cols.min().item() * cell,
+                        min(height, (rows.max().item() + 1) * cell), min(width, (cols.max().item() + 1) * cell)))
+    return regions
+
+
+def hole_crops(mask: torch.Tensor, training_size: int) -> list[tuple[int, int, int, int]]:
+    """(top, left, height, width) of the crops in which the holes of a (H, W) mask are filled.
+
+    Each hole region gets a square CONTEXT times its extent and at least training_size on a
+    side, centred on it and shifted (or cut) to lie inside the image; crops that overlap are
+    merged into the rectangle around both, so every hole pixel lies in exactly one crop.
+    """
+    height, width = mask.shape
+    crops = []
+    for top, left, bottom, right in hole_regions(mask):
+        side = max(training_size, math.ceil(CONTEXT * max(bottom - top, right - left)))
+        crop_height, crop_width = min(side, height), min(side, width)
+        crop_top = min(max(0, (top + bottom - crop_height) // 2), height - crop_height)
+        crop_left = min(max(0, (left + right - crop_width) // 2), width - crop_width)
+        crops.append((crop_top, crop_left, crop_top + crop_height, crop_left + crop_width))
+    merged = True
+    while merged:
+        merged = False
+        for first in range(len(crops)):
+            for second in range(first + 1, len(crops)):
+                a, b = crops[first], crops[second]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    crops[first] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    del crops[second]
+                    merged = True
+                    break
+            if merged:
+                break
+    return [(top, left, bottom - top, right - left) for top, left, bottom, right in crops]
+
+
+def complete_in_crops(images: torch.Tensor, mask: torch.Tensor, training_size: int, fill: CropFill) -> torch.Tensor:
+    """The images with the holes of each crop (hole_crops) filled by `fill` and pasted."""
+    completed = images.clone()
+    for index in range(len(images)):
+        for top, left, height, width in hole_crops(mask[index, 0], training_size):
+            window = (slice(index, index + 1), slice(None), slice(top, top + height), slice(left, left + width))
+            completed[window] = paste(images[window], fill(images[window], mask[window]), mask[window])
+    return completed
+
+
+def fill_at_training_scale(net: nn.Module, images: torch.Tensor, mask: torch.Tensor, mean_pixel: torch.Tensor,
+                           training_size: int) -> torch.Tensor:
+    """The holes filled by the network at the training scale (working_size), brought back to the
+    images' size with the detail that harmonic interpolation from the holes' own border adds there.
+
+    Upsampled alone, the small fill is blurred at the holes' border, where the image is sharp:
+    the full-size harmonic fill, less its upsampled small counterpart, carries the border's
+    fine detail into the hole and fades inwards (a cheap form of HiFill's contextual residual
+    aggregation, Yi et al. 2020).
+    """
+    height, width = images.shape[-2:]
+    size = working_size(height, width, training_size)
+    if size == (height, width):
+        return predict(net, images, mask, mean_pixel)
+    small_images, small_mask = downscaled(images, mask, size)
+    small_fill = paste(small_images, predict(net, small_images, small_mask, mean_pixel), small_mask)
+    small_harmonic = fill_holes(small_images, small_mask, mean_pixel, "harmonic")
+    harmonic = fill_holes(images, mask, mean_pixel, "harmonic")
+    return (upscaled(small_fill, (height, width)) + harmonic - upscaled(small_harmonic, (height, width))).clamp(0, 1)
+
+
 def complete_any_size(net: nn.Module, images: torch.Tensor, mask: torch.Tensor, mean_pixel: torch.Tensor,
                       training_size: int) -> torch.Tensor:
-    """The completed images at their own size, known pixels unchanged: the network on the whole image."""
-    return paste(images, predict(net, images, mask, mean_pixel), mask)
+    """The images completed by a network trained on training_size images, at any size; known pixels unchanged.
+
+    images: (N, 3, H, W) in [0, 1], mask (N, 1, H, W), 1 in the holes. Each region of holes is
+    filled in a crop around it (hole_crops) at the training scale (fill_at_training_scale): the
+    holes then look to the network as those it learned to fill, whatever the photograph's size,
+    and a small hole in a large photograph costs a small crop. Where the crop is no larger than
+    training_size the network runs on it as it is, so images of the training size are completed
+    exactly as in training. docs/hires-fill.md compares this with the other ways measured.
+    """
+    if max(images.shape[-2:]) <= training_size:  # every crop would be the whole image: one batch, as in training
+        return paste(images, predict(net, images, mask, mean_pixel), mask)
+    return complete_in_crops(images, mask, training_size,
+                             lambda crop, holes: fill_at_training_scale(net, crop, holes, mean_pixel, training_size))

@@ -144,15 +144,19 @@ def full_table(results: dict) -> pd.DataFrame:
 
 
 def readme_table(table: pd.DataFrame) -> str:
-    """The README's results table: hole PSNR / SSIM of each method per collection, size and mask kind."""
-    lines = ["| collection | size | masks | images | " + " | ".join(README_METHODS.values()) + " |",
+    """The README's results table: hole PSNR / SSIM / two-sample accuracy of each method per collection,
+    size and mask kind, the best of each measure in bold."""
+    measures = {"psnr_hole": ".2f", "ssim": ".3f", "c2st_accuracy": ".3f"}
+    lines = ["| collection | size | holes | images | " + " | ".join(README_METHODS.values()) + " |",
              "|---|---|---|---|" + "---|" * len(README_METHODS)]
     for (name, size, kind), rows in table.groupby(["collection", "size", "kind"], sort=False):
-        rows = rows.set_index("method")
-        images = str(rows["images"].iloc[0]) + (f" ({rows['at_own_size'].iloc[0]} at own size)"
-                                                if rows["at_own_size"].iloc[0] else "")
-        cells = [f"{rows.loc[m, 'psnr_hole']:.2f} dB / {rows.loc[m, 'ssim']:.3f}" if m in rows.index else ""
-                 for m in README_METHODS]
+        rows = rows.set_index("method").reindex([m for m in README_METHODS if m in set(rows["method"])])
+        best = {m: rows[m].max() if m in HIGHER_IS_BETTER else rows[m].min() for m in measures}
+        own = rows["at_own_size"].iloc[0]
+        images = f"{rows['images'].iloc[0]}" + (f" ({own} at own size)" if own else "")
+        cells = [" / ".join(f"**{value:{form}}**" if value == best[m] else f"{value:{form}}"
+                            for m, form in measures.items() for value in [rows.loc[method, m]])
+                 for method in rows.index]
         lines.append(f"| {name} | {size} px | {KIND_NAMES.get(kind, kind)} | {images} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -179,7 +183,12 @@ def main() -> None:
     parser.add_argument("--eval-seed", type=int, default=0, help="seed of the masks and the realism measures")
     parser.add_argument("--root", help="artifact root (default: a new temporary folder)")
     parser.add_argument("--out", help="write every figure to this JSON file too")
+    parser.add_argument("--tables-from", help="print the tables of an earlier run's --out file, and nothing else")
     args = parser.parse_args()
+    if args.tables_from:
+        with open(args.tables_from) as file:
+            saved = json.load(file)
+        return print_tables(pd.DataFrame(saved["table"]), saved["timings"], saved["machine"])
     if bool(args.data) == bool(args.train and args.eval):
         parser.error("give either --data, or --train and --eval")
     args.phases = [int(phase) for phase in args.phases.split(",")]
@@ -195,22 +204,27 @@ def main() -> None:
     results = {name: score_collection(name, *job, args) for name, job in jobs.items()}
 
     table = full_table(results)
+    timings = [timing for result in results.values() for timing in result["timings"]]
+    print_tables(table, timings, machine())
+    if args.out:
+        with open(args.out, "w") as file:
+            json.dump({"machine": machine(), "argv": sys.argv, "timings": timings,
+                       "table": table.to_dict(orient="records"),
+                       "summaries": {name: result["summary"] for name, result in results.items()}}, file, indent=2)
+
+
+def print_tables(table: pd.DataFrame, timings: list[dict], machine_text: str) -> None:
+    """Every measure per collection, size and mask kind, the training times and the README's table."""
     pd.set_option("display.width", 250)
-    print(f"\n{machine()}")
+    print(f"\n{machine_text}")
     arrows = {m: m + (" ↑" if m in HIGHER_IS_BETTER else " ↓") for m in (*PIXEL_METRICS, *REALISM_METRICS)}
     for key, rows in table.groupby(["collection", "size", "kind"], sort=False):
         print(f"\n{key[0]}, {key[1]} px, {key[2]} ({rows['images'].iloc[0]} images, "
               f"{rows['at_own_size'].iloc[0]} at their own smaller size; arrows: which way is better)")
         print(rows.set_index("method")[list(arrows)].rename(columns=arrows).to_string(
             float_format=lambda value: f"{value:.4f}"))
-    timings = [timing for result in results.values() for timing in result["timings"]]
     print("\n" + pd.DataFrame(timings).to_string(index=False))
     print("\n" + readme_table(table))
-    if args.out:
-        with open(args.out, "w") as file:
-            json.dump({"machine": machine(), "argv": sys.argv, "timings": timings,
-                       "table": table.to_dict(orient="records"),
-                       "summaries": {name: result["summary"] for name, result in results.items()}}, file, indent=2)
 
 
 if __name__ == "__main__":

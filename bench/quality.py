@@ -96,6 +96,7 @@ def held_out_sets(folder: str, sizes: tuple[int, ...], count: int) -> dict[int, 
 
 def score_collection(name: str, train: str, held_out: str, size: int, sizes: tuple[int, ...], args) -> dict:
     """Train every variant on `train`, score it on `held_out`: per-size summaries and training times."""
+    sizes = tuple(sorted({size, *sizes}))  # the training size always, as EvaluateInpainter scores it
     sets = held_out_sets(held_out, sizes, args.images)
     summaries, timings, mean_pixel, mask_config = {}, [], None, None
     for variant, settings in [parse_variant(text) for text in args.variant] or [("default", {})]:
@@ -174,7 +175,8 @@ def main() -> None:
     parser.add_argument("--train", help="without --data: folder of training images")
     parser.add_argument("--eval", help="without --data: folder of held-out images to score on")
     parser.add_argument("--size", type=int, default=64, help="without --data: image_size")
-    parser.add_argument("--sizes", help="sizes to score at, e.g. 64,256 (default: the collection's, or --size)")
+    parser.add_argument("--sizes", help="sizes to score at besides the training size, e.g. 256,512 "
+                                        "(default: the collection's)")
     parser.add_argument("--variant", action="append", default=[],
                         help="name:param=value,... (TrainInpainter parameters); repeatable; default: the defaults")
     parser.add_argument("--phases", default="3", help="phases whose final network is scored (1 and/or 3)")

@@ -132,10 +132,12 @@ class PrepareImages(ArtifactTask):
         scored = {split: set(scoring_subset([row[0] for row in written.kept if row[1] == split], self.eval_images))
                   for split in ("val", "test")}
         held_out = [(path, split, sha256) for path, split, _, _, sha256 in written.kept if path in scored.get(split, ())]
-        larger_sizes = tuple(size for size in self.scoring_sizes() if size != self.image_size)
-        log.info("PrepareImages: decoding %d val and test images again at %s px", len(held_out), larger_sizes)
-        scoring = write_scoring_shards(source.folder, held_out, larger_sizes, self.max_pixels,
-                                       self.decode_workers or usable_cores(), self.shard_size, self.open_write)
+        other_sizes = tuple(size for size in self.scoring_sizes() if size != self.image_size)
+        scoring = []
+        if other_sizes:  # the training size's images are the shards above
+            log.info("PrepareImages: decoding %d val and test images again at %s px", len(held_out), other_sizes)
+            scoring = write_scoring_shards(source.folder, held_out, other_sizes, self.max_pixels,
+                                           self.decode_workers or usable_cores(), self.shard_size, self.open_write)
         with self.open_write("scoring_images.csv") as file:
             pd.DataFrame(scoring, columns=["relative_path", "split", "size", "side", "shard", "row"]).to_csv(
                 file, index=False)

@@ -25,7 +25,6 @@ import argparse
 import os
 import platform
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,8 +38,9 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ganmodels.glcic.inference import (complete_any_size, complete_in_crops, downscaled, network_output,  # noqa: E402
-                                       paste, predict, upscaled, working_size)
+from ganmodels.glcic.inference import (complete_any_size, complete_in_crops, downscaled,  # noqa: E402
+                                       fill_at_training_scale, network_output, paste, predict, upscaled,
+                                       working_size)
 from ganmodels.glcic.networks import fill_holes  # noqa: E402
 from ganmodels.masks import MaskConfig, sample_strokes  # noqa: E402
 from ganmodels.metrics import inpainting_metrics  # noqa: E402
@@ -75,7 +75,7 @@ def small_fill(net, images, mask, mean_pixel, training_size):
 
 def upsampled_fill(net, images, mask, mean_pixel, training_size):
     small = small_fill(net, images, mask, mean_pixel, training_size)
-    return predict(net, images, mask, mean_pixel) if small is None else upscaled(small[0], images.shape[-2:])
+    return predict(net, images, mask, mean_pixel) if small is None else upscaled(small[0], images.shape[-2:]).clamp(0, 1)
 
 
 def attention_detail_fill(net, images, mask, mean_pixel, training_size, temperature=10.0):
@@ -118,7 +118,7 @@ def coarse_to_fine_fill(net, images, mask, mean_pixel, training_size):
         if filled is None:
             prefill = fill_holes(scaled, scaled_mask, mean_pixel, net.hole_fill)
         else:
-            prefill = torch.lerp(scaled, upscaled(filled, size), scaled_mask)
+            prefill = torch.lerp(scaled, upscaled(filled, size).clamp(0, 1), scaled_mask)
         filled = paste(scaled, network_output(net, prefill, scaled_mask), scaled_mask)
     return filled
 
@@ -133,9 +133,12 @@ def candidates(inpainter: Inpainter) -> dict:
 
     return {
         "telea": lambda images, mask: classical_inpaint(images, mask, "telea"),
+        "harmonic (no network)": lambda images, mask: fill_holes(images, mask, mean_pixel, "harmonic"),
         "whole": lambda images, mask: paste(images, predict(net, images, mask, mean_pixel), mask),
         "resize": lambda images, mask: paste(images, upsampled_fill(net, images, mask, mean_pixel, size), mask),
         "crop": in_crops(upsampled_fill),
+        "resize + border detail": lambda images, mask: paste(
+            images, fill_at_training_scale(net, images, mask, mean_pixel, size), mask),
         "crop + border detail": lambda images, mask: complete_any_size(net, images, mask, mean_pixel, size),
         "crop + attention detail": in_crops(attention_detail_fill),
         "crop + coarse to fine": in_crops(coarse_to_fine_fill),
@@ -201,8 +204,17 @@ def write_photo(folder: str, photo: str | None, seed: int) -> tuple[str, str, fl
     return image_path, mask_path, float(mask.mean())
 
 
-FILL_ONLY = """
-import resource, sys, time
+# Peak memory is the child's VmHWM (Linux): its ru_maxrss would start from the RSS of this process,
+# which it is forked from.
+PEAK = "next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM'))"
+CLI = f"""
+import atexit, runpy, sys
+atexit.register(lambda: print("peak_kib", {PEAK}, file=sys.stderr))
+sys.argv = ["pipeline", *sys.argv[1:]]
+runpy.run_module("pipeline", run_name="__main__")
+"""
+FILL_ONLY = f"""
+import sys, time
 import numpy as np, torch
 from PIL import Image
 from pipeline.artifacts.runs import checkpoint_path, model_state
@@ -213,7 +225,7 @@ pixels = np.array(Image.open(sys.argv[3]).convert("RGB"))
 mask = np.array(Image.open(sys.argv[4])) > 127
 started = time.perf_counter()
 inpainter.fill(pixels, mask, poisson=False)
-print(time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(time.perf_counter() - started, {PEAK})
 """
 
 
@@ -223,17 +235,19 @@ def timing(root: str, model: str, photo: str | None, seed: int) -> None:
     environment = {**os.environ, "PYTHONPATH": repository}
     with tempfile.TemporaryDirectory() as folder:
         image_path, mask_path, share = write_photo(folder, photo, seed)
-        command = [sys.executable, "-m", "pipeline", "infill", "--root", root, "--model", model, "--image", image_path,
-                   "--mask", mask_path, "--out", os.path.join(folder, "filled.png")]
+        arguments = ["infill", "--root", root, "--model", model, "--image", image_path, "--mask", mask_path,
+                     "--out", os.path.join(folder, "filled.png")]
         started = time.perf_counter()
-        subprocess.run(command, check=True, cwd=repository, env=environment, stdout=subprocess.DEVNULL)
+        cli = subprocess.run([sys.executable, "-c", CLI, *arguments], check=True, cwd=repository, env=environment,
+                             capture_output=True, text=True)
         wall = time.perf_counter() - started
-        peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20
+        peak_kib = int(cli.stderr.split("peak_kib")[-1])
         fill = subprocess.run([sys.executable, "-c", FILL_ONLY, root, model, image_path, mask_path], check=True,
                               cwd=repository, env=environment, capture_output=True, text=True).stdout.split()
+    what = f"photograph {os.path.basename(photo)} resized to it" if photo else "synthetic image"
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
-    print(f"infill, {PHOTO_SIZE[1]}x{PHOTO_SIZE[0]} {'photograph ' + os.path.basename(photo) if photo else 'synthetic image'}"
-          f", strokes covering {share:.1%}: {wall:.1f} s wall (start, decode, fill, PNG), peak {peak_gb:.2f} GiB")
+    print(f"infill, {PHOTO_SIZE[1]}x{PHOTO_SIZE[0]} {what}, strokes covering {share:.1%}: {wall:.1f} s wall "
+          f"(start, decode, fill, PNG), peak {peak_kib / 2 ** 20:.2f} GiB")
     print(f"the fill alone (Inpainter.fill): {float(fill[0]):.1f} s, its process's peak {int(fill[1]) / 2 ** 20:.2f} GiB")
 
 

@@ -51,6 +51,7 @@ from pipeline.ingestion.decode import decode_image  # noqa: E402
 
 PHOTO_SIZE = (3000, 4000)  # height, width
 PHOTO_STROKES = 0.1
+PICTURES = 4  # images per grid of --pictures
 
 
 def read_images(folder: str, count: int, size: int, seed: int) -> torch.Tensor:
@@ -155,20 +156,28 @@ def score(folders: list[str], sizes: list[int], count: int, seed: int, inpainter
                 mask = evaluation_masks(len(images), MaskConfig(image_size=size), kind, seed + kind_index)
                 shown = []
                 for name, fill in fills.items():
-                    started = time.perf_counter()
-                    completed = torch.cat([fill(images[i:i + 1], mask[i:i + 1]) for i in range(len(images))])
-                    seconds = time.perf_counter() - started
-                    metrics = inpainting_metrics(completed.float().clamp(0, 1), images, mask)
+                    seconds, scores, pictured = 0.0, [], []
+                    for index in range(len(images)):  # one by one: SSIM over a whole batch at 512 px takes GBs
+                        image, holes = images[index:index + 1], mask[index:index + 1]
+                        started = time.perf_counter()
+                        completed = fill(image, holes).float().clamp(0, 1)
+                        seconds += time.perf_counter() - started
+                        scores.append(inpainting_metrics(completed, image, holes))
+                        if index < PICTURES:
+                            pictured.append(completed)
                     rows.append({"images": os.path.basename(os.path.normpath(folder)), "size": size, "kind": kind,
-                                 "method": name, "n": len(images), "psnr_hole": metrics["psnr_hole"].mean().item(),
-                                 "ssim": metrics["ssim"].mean().item(), "seconds_per_image": seconds / len(images)})
-                    shown.append(completed[:4])
+                                 "method": name, "n": len(images),
+                                 "psnr_hole": torch.cat([score["psnr_hole"] for score in scores]).mean().item(),
+                                 "ssim": torch.cat([score["ssim"] for score in scores]).mean().item(),
+                                 "seconds_per_image": seconds / len(images)})
+                    print(*rows[-1].values(), sep="\t", flush=True)  # progress: a full run takes long
+                    shown.append(torch.cat(pictured))
                 if pictures:
                     save_pictures(pictures, f"{os.path.basename(os.path.normpath(folder))}-{size}-{kind}",
-                                  images[:4], mask[:4], shown)
-    table = pd.DataFrame(rows)
-    telea = table[table["method"] == "telea"].set_index(["images", "size", "kind"])
-    joined = table.join(telea[["psnr_hole", "ssim"]], on=["images", "size", "kind"], rsuffix="_telea")
+                                  images[:PICTURES], mask[:PICTURES], shown)
+    table, setting = pd.DataFrame(rows), ["images", "size", "kind"]
+    telea = table.loc[table["method"] == "telea", [*setting, "psnr_hole", "ssim"]]
+    joined = table.merge(telea, on=setting, suffixes=("", "_telea"), sort=False)
     joined["psnr_vs_telea"] = joined["psnr_hole"] - joined["psnr_hole_telea"]
     joined["ssim_vs_telea"] = joined["ssim"] - joined["ssim_telea"]
     return joined.drop(columns=["psnr_hole_telea", "ssim_telea"])

@@ -140,19 +140,19 @@ def hole_crops(mask: torch.Tensor, training_size: int) -> list[tuple[int, int, i
         crop_top = min(max(0, (top + bottom - crop_height) // 2), height - crop_height)
         crop_left = min(max(0, (left + right - crop_width) // 2), width - crop_width)
         crops.append((crop_top, crop_left, crop_top + crop_height, crop_left + crop_width))
-    merged = True
-    while merged:
-        merged = False
-        for first in range(len(crops)):
-            for second in range(first + 1, len(crops)):
-                a, b = crops[first], crops[second]
-                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
-                    crops[first] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
-                    del crops[second]
-                    merged = True
+    merging = True
+    while merging:  # each pass joins every crop into the first kept one it overlaps
+        merging, kept = False, []
+        for crop in crops:
+            for index, other in enumerate(kept):
+                if crop[0] < other[2] and other[0] < crop[2] and crop[1] < other[3] and other[1] < crop[3]:
+                    kept[index] = (min(crop[0], other[0]), min(crop[1], other[1]), max(crop[2], other[2]),
+                                   max(crop[3], other[3]))
+                    merging = True
                     break
-            if merged:
-                break
+            else:
+                kept.append(crop)
+        crops = kept
     return [(top, left, bottom - top, right - left) for top, left, bottom, right in crops]
 
 

@@ -7,19 +7,22 @@
 Scores: `--count` images of each `--images` folder (a seeded choice of its files), centre-cropped
 and resized to each of `--sizes`, under the evaluation's seeded masks scaled to that size
 (squares of side 25-50 % of the image, brush strokes covering 10-40 %): hole PSNR and SSIM of
-each way of filling next to Telea's (pipeline.evaluation). The ways: the network on the whole
-image (`whole`, what infill did before), on a copy at the training scale upsampled (`resize`),
-on a crop around each region of holes at the training scale (`crop`, hole_crops), and `crop`
-with detail added: the full-size harmonic fill's detail from the hole border (`crop + border
-detail`, complete_any_size, what infill and the studio use), high-frequency residuals of the
-known pixels copied in by attention over the small fill (`crop + attention detail`, HiFill's
-contextual residual aggregation), or the fill refined at every doubling of the scale with the
-upsampled coarser fill as the network's pre-fill (`crop + coarse to fine`). `--pictures DIR`
-writes a few fills of each kind as PNG files to look at.
+each way of filling next to Telea's (pipeline.evaluation). The ways: the harmonic interpolation
+of the holes' border alone (no network, for reference), the network on the whole image (`whole`,
+what infill did before), on a copy at the training scale upsampled (`resize`), on a crop around
+each region of holes at the training scale (`crop`, hole_crops), and `resize` or `crop` with
+detail added: the full-size harmonic fill's detail from the hole border (`crop + border detail`
+is complete_any_size, what infill, the studio and the evaluation use), high-frequency residuals
+of the known pixels copied in by attention over the small fill (`crop + attention detail`,
+HiFill's contextual residual aggregation), or the fill refined at every doubling of the scale
+with the upsampled coarser fill as the network's pre-fill (`crop + coarse to fine`).
+`--pictures DIR` writes, per setting, a grid of the first images: the masked input, each fill
+in that order, the original.
 
-Timing (`--timing`): `python -m pipeline infill` on a 4000x3000 photograph (`--photo`, upscaled
-to that size, or a synthetic one) with brush strokes covering about 10 %, in a fresh process:
-its wall time and its peak resident memory (ru_maxrss of the child), and the fill alone.
+Timing (`--timing`): `python -m pipeline infill` on a 4000x3000 photograph (`--photo`, resized
+to that size, or a synthetic one) with brush strokes drawn to cover 10 % of a 4000-pixel square
+and cut to its 3000 rows (the share they cover is printed), in a fresh process: its wall time
+and peak resident memory (VmHWM, Linux), and those of the fill alone in another.
 """
 import argparse
 import os
@@ -76,7 +79,9 @@ def small_fill(net, images, mask, mean_pixel, training_size):
 
 def upsampled_fill(net, images, mask, mean_pixel, training_size):
     small = small_fill(net, images, mask, mean_pixel, training_size)
-    return predict(net, images, mask, mean_pixel) if small is None else upscaled(small[0], images.shape[-2:]).clamp(0, 1)
+    if small is None:
+        return predict(net, images, mask, mean_pixel)
+    return upscaled(small[0], images.shape[-2:]).clamp(0, 1)
 
 
 def attention_detail_fill(net, images, mask, mean_pixel, training_size, temperature=10.0):
@@ -257,7 +262,8 @@ def timing(root: str, model: str, photo: str | None, seed: int) -> None:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
     print(f"infill, {PHOTO_SIZE[1]}x{PHOTO_SIZE[0]} {what}, strokes covering {share:.1%}: {wall:.1f} s wall "
           f"(start, decode, fill, PNG), peak {peak_kib / 2 ** 20:.2f} GiB")
-    print(f"the fill alone (Inpainter.fill): {float(fill[0]):.1f} s, its process's peak {int(fill[1]) / 2 ** 20:.2f} GiB")
+    print(f"the fill alone (Inpainter.fill): {float(fill[0]):.1f} s, "
+          f"its process's peak {int(fill[1]) / 2 ** 20:.2f} GiB")
 
 
 def main() -> None:
@@ -279,7 +285,8 @@ def main() -> None:
         table = score(args.images, [int(size) for size in args.sizes.split(",")], args.count, args.seed, inpainter,
                       args.pictures)
         pd.set_option("display.width", 200)
-        print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+        print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+              f"torch {torch.__version__}")
         print(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
         if args.out:
             table.to_csv(args.out, index=False)

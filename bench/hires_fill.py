@@ -7,25 +7,27 @@
 Scores: `--count` images of each `--images` folder (a seeded choice of its files), centre-cropped
 and resized to each of `--sizes`, under the evaluation's seeded masks scaled to that size
 (squares of side 25-50 % of the image, brush strokes covering 10-40 %): hole PSNR and SSIM of
-each way of filling next to Telea's (pipeline.evaluation). The ways: the network on the whole
-image (`whole`, what infill did before), on a copy at the training scale upsampled (`resize`),
-on a crop around each region of holes at the training scale (`crop`, hole_crops), and `crop`
-with detail added: the full-size harmonic fill's detail from the hole border (`crop + border
-detail`, complete_any_size, what infill and the studio use), high-frequency residuals of the
-known pixels copied in by attention over the small fill (`crop + attention detail`, HiFill's
-contextual residual aggregation), or the fill refined at every doubling of the scale with the
-upsampled coarser fill as the network's pre-fill (`crop + coarse to fine`). `--pictures DIR`
-writes a few fills of each kind as PNG files to look at.
+each way of filling next to Telea's (pipeline.evaluation). The ways: the harmonic interpolation
+of the holes' border alone (no network, for reference), the network on the whole image (`whole`,
+what infill did before), on a copy at the training scale upsampled (`resize`), on a crop around
+each region of holes at the training scale (`crop`, hole_crops), and `resize` or `crop` with
+detail added: the full-size harmonic fill's detail from the hole border (`crop + border detail`
+is complete_any_size, what infill, the studio and the evaluation use), high-frequency residuals
+of the known pixels copied in by attention over the small fill (`crop + attention detail`,
+HiFill's contextual residual aggregation), or the fill refined at every doubling of the scale
+with the upsampled coarser fill as the network's pre-fill (`crop + coarse to fine`).
+`--pictures DIR` writes, per setting, a grid of the first images: the masked input, each fill
+in that order, the original.
 
-Timing (`--timing`): `python -m pipeline infill` on a 4000x3000 photograph (`--photo`, upscaled
-to that size, or a synthetic one) with brush strokes covering about 10 %, in a fresh process:
-its wall time and its peak resident memory (ru_maxrss of the child), and the fill alone.
+Timing (`--timing`): `python -m pipeline infill` on a 4000x3000 photograph (`--photo`, resized
+to that size, or a synthetic one) with brush strokes drawn to cover 10 % of a 4000-pixel square
+and cut to its 3000 rows (the share they cover is printed), in a fresh process: its wall time
+and peak resident memory (VmHWM, Linux), and those of the fill alone in another.
 """
 import argparse
 import os
 import platform
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,8 +41,9 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ganmodels.glcic.inference import (complete_any_size, complete_in_crops, downscaled, network_output,  # noqa: E402
-                                       paste, predict, upscaled, working_size)
+from ganmodels.glcic.inference import (complete_any_size, complete_in_crops, downscaled,  # noqa: E402
+                                       fill_at_training_scale, network_output, paste, predict, upscaled,
+                                       working_size)
 from ganmodels.glcic.networks import fill_holes  # noqa: E402
 from ganmodels.masks import MaskConfig, sample_strokes  # noqa: E402
 from ganmodels.metrics import inpainting_metrics  # noqa: E402
@@ -51,6 +54,7 @@ from pipeline.ingestion.decode import decode_image  # noqa: E402
 
 PHOTO_SIZE = (3000, 4000)  # height, width
 PHOTO_STROKES = 0.1
+PICTURES = 4  # images per grid of --pictures
 
 
 def read_images(folder: str, count: int, size: int, seed: int) -> torch.Tensor:
@@ -75,7 +79,9 @@ def small_fill(net, images, mask, mean_pixel, training_size):
 
 def upsampled_fill(net, images, mask, mean_pixel, training_size):
     small = small_fill(net, images, mask, mean_pixel, training_size)
-    return predict(net, images, mask, mean_pixel) if small is None else upscaled(small[0], images.shape[-2:])
+    if small is None:
+        return predict(net, images, mask, mean_pixel)
+    return upscaled(small[0], images.shape[-2:]).clamp(0, 1)
 
 
 def attention_detail_fill(net, images, mask, mean_pixel, training_size, temperature=10.0):
@@ -118,7 +124,7 @@ def coarse_to_fine_fill(net, images, mask, mean_pixel, training_size):
         if filled is None:
             prefill = fill_holes(scaled, scaled_mask, mean_pixel, net.hole_fill)
         else:
-            prefill = torch.lerp(scaled, upscaled(filled, size), scaled_mask)
+            prefill = torch.lerp(scaled, upscaled(filled, size).clamp(0, 1), scaled_mask)
         filled = paste(scaled, network_output(net, prefill, scaled_mask), scaled_mask)
     return filled
 
@@ -133,9 +139,12 @@ def candidates(inpainter: Inpainter) -> dict:
 
     return {
         "telea": lambda images, mask: classical_inpaint(images, mask, "telea"),
+        "harmonic (no network)": lambda images, mask: fill_holes(images, mask, mean_pixel, "harmonic"),
         "whole": lambda images, mask: paste(images, predict(net, images, mask, mean_pixel), mask),
         "resize": lambda images, mask: paste(images, upsampled_fill(net, images, mask, mean_pixel, size), mask),
         "crop": in_crops(upsampled_fill),
+        "resize + border detail": lambda images, mask: paste(
+            images, fill_at_training_scale(net, images, mask, mean_pixel, size), mask),
         "crop + border detail": lambda images, mask: complete_any_size(net, images, mask, mean_pixel, size),
         "crop + attention detail": in_crops(attention_detail_fill),
         "crop + coarse to fine": in_crops(coarse_to_fine_fill),
@@ -152,20 +161,28 @@ def score(folders: list[str], sizes: list[int], count: int, seed: int, inpainter
                 mask = evaluation_masks(len(images), MaskConfig(image_size=size), kind, seed + kind_index)
                 shown = []
                 for name, fill in fills.items():
-                    started = time.perf_counter()
-                    completed = torch.cat([fill(images[i:i + 1], mask[i:i + 1]) for i in range(len(images))])
-                    seconds = time.perf_counter() - started
-                    metrics = inpainting_metrics(completed.float().clamp(0, 1), images, mask)
+                    seconds, scores, pictured = 0.0, [], []
+                    for index in range(len(images)):  # one by one: SSIM over a whole batch at 512 px takes GBs
+                        image, holes = images[index:index + 1], mask[index:index + 1]
+                        started = time.perf_counter()
+                        completed = fill(image, holes).float().clamp(0, 1)
+                        seconds += time.perf_counter() - started
+                        scores.append(inpainting_metrics(completed, image, holes))
+                        if index < PICTURES:
+                            pictured.append(completed)
                     rows.append({"images": os.path.basename(os.path.normpath(folder)), "size": size, "kind": kind,
-                                 "method": name, "n": len(images), "psnr_hole": metrics["psnr_hole"].mean().item(),
-                                 "ssim": metrics["ssim"].mean().item(), "seconds_per_image": seconds / len(images)})
-                    shown.append(completed[:4])
+                                 "method": name, "n": len(images),
+                                 "psnr_hole": torch.cat([score["psnr_hole"] for score in scores]).mean().item(),
+                                 "ssim": torch.cat([score["ssim"] for score in scores]).mean().item(),
+                                 "seconds_per_image": seconds / len(images)})
+                    print(*rows[-1].values(), sep="\t", flush=True)  # progress: a full run takes long
+                    shown.append(torch.cat(pictured))
                 if pictures:
                     save_pictures(pictures, f"{os.path.basename(os.path.normpath(folder))}-{size}-{kind}",
-                                  images[:4], mask[:4], shown)
-    table = pd.DataFrame(rows)
-    telea = table[table["method"] == "telea"].set_index(["images", "size", "kind"])
-    joined = table.join(telea[["psnr_hole", "ssim"]], on=["images", "size", "kind"], rsuffix="_telea")
+                                  images[:PICTURES], mask[:PICTURES], shown)
+    table, setting = pd.DataFrame(rows), ["images", "size", "kind"]
+    telea = table.loc[table["method"] == "telea", [*setting, "psnr_hole", "ssim"]]
+    joined = table.merge(telea, on=setting, suffixes=("", "_telea"), sort=False)
     joined["psnr_vs_telea"] = joined["psnr_hole"] - joined["psnr_hole_telea"]
     joined["ssim_vs_telea"] = joined["ssim"] - joined["ssim_telea"]
     return joined.drop(columns=["psnr_hole_telea", "ssim_telea"])
@@ -201,8 +218,17 @@ def write_photo(folder: str, photo: str | None, seed: int) -> tuple[str, str, fl
     return image_path, mask_path, float(mask.mean())
 
 
-FILL_ONLY = """
-import resource, sys, time
+# Peak memory is the child's VmHWM (Linux): its ru_maxrss would start from the RSS of this process,
+# which it is forked from.
+PEAK = "next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM'))"
+CLI = f"""
+import atexit, runpy, sys
+atexit.register(lambda: print("peak_kib", {PEAK}, file=sys.stderr))
+sys.argv = ["pipeline", *sys.argv[1:]]
+runpy.run_module("pipeline", run_name="__main__")
+"""
+FILL_ONLY = f"""
+import sys, time
 import numpy as np, torch
 from PIL import Image
 from pipeline.artifacts.runs import checkpoint_path, model_state
@@ -213,7 +239,7 @@ pixels = np.array(Image.open(sys.argv[3]).convert("RGB"))
 mask = np.array(Image.open(sys.argv[4])) > 127
 started = time.perf_counter()
 inpainter.fill(pixels, mask, poisson=False)
-print(time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(time.perf_counter() - started, {PEAK})
 """
 
 
@@ -223,18 +249,21 @@ def timing(root: str, model: str, photo: str | None, seed: int) -> None:
     environment = {**os.environ, "PYTHONPATH": repository}
     with tempfile.TemporaryDirectory() as folder:
         image_path, mask_path, share = write_photo(folder, photo, seed)
-        command = [sys.executable, "-m", "pipeline", "infill", "--root", root, "--model", model, "--image", image_path,
-                   "--mask", mask_path, "--out", os.path.join(folder, "filled.png")]
+        arguments = ["infill", "--root", root, "--model", model, "--image", image_path, "--mask", mask_path,
+                     "--out", os.path.join(folder, "filled.png")]
         started = time.perf_counter()
-        subprocess.run(command, check=True, cwd=repository, env=environment, stdout=subprocess.DEVNULL)
+        cli = subprocess.run([sys.executable, "-c", CLI, *arguments], check=True, cwd=repository, env=environment,
+                             capture_output=True, text=True)
         wall = time.perf_counter() - started
-        peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20
+        peak_kib = int(cli.stderr.split("peak_kib")[-1])
         fill = subprocess.run([sys.executable, "-c", FILL_ONLY, root, model, image_path, mask_path], check=True,
                               cwd=repository, env=environment, capture_output=True, text=True).stdout.split()
+    what = f"photograph {os.path.basename(photo)} resized to it" if photo else "synthetic image"
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
-    print(f"infill, {PHOTO_SIZE[1]}x{PHOTO_SIZE[0]} {'photograph ' + os.path.basename(photo) if photo else 'synthetic image'}"
-          f", strokes covering {share:.1%}: {wall:.1f} s wall (start, decode, fill, PNG), peak {peak_gb:.2f} GiB")
-    print(f"the fill alone (Inpainter.fill): {float(fill[0]):.1f} s, its process's peak {int(fill[1]) / 2 ** 20:.2f} GiB")
+    print(f"infill, {PHOTO_SIZE[1]}x{PHOTO_SIZE[0]} {what}, strokes covering {share:.1%}: {wall:.1f} s wall "
+          f"(start, decode, fill, PNG), peak {peak_kib / 2 ** 20:.2f} GiB")
+    print(f"the fill alone (Inpainter.fill): {float(fill[0]):.1f} s, "
+          f"its process's peak {int(fill[1]) / 2 ** 20:.2f} GiB")
 
 
 def main() -> None:
@@ -256,7 +285,8 @@ def main() -> None:
         table = score(args.images, [int(size) for size in args.sizes.split(",")], args.count, args.seed, inpainter,
                       args.pictures)
         pd.set_option("display.width", 200)
-        print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+        print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+              f"torch {torch.__version__}")
         print(table.to_string(index=False, float_format=lambda value: f"{value:.3f}"))
         if args.out:
             table.to_csv(args.out, index=False)

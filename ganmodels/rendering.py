@@ -20,7 +20,7 @@ from .glcic.networks import complete, fill_holes
 
 def to_uint8(images: Tensor) -> Tensor:
     """Images in [0, 1] as uint8 on the CPU, rounded to the nearest level."""
-    return images.detach().float().cpu().mul(255).round().clamp(0, 255).to(torch.uint8)
+    return images.detach().float().cpu().mul(255).round_().clamp_(0, 255).to(torch.uint8)  # in place after mul
 
 
 def image_grid(images: Tensor, nrow: int) -> Image.Image:

@@ -23,7 +23,7 @@ def _pixels(batch: torch.Tensor) -> np.ndarray:
 
 
 def _batch(pixels: np.ndarray, mask: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    images = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].to(device).float().div(255)
+    images = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].to(device).float().div_(255)
     holes = torch.from_numpy(mask)[None, None].to(device).float()
     return images, holes
 

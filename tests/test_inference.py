@@ -116,17 +116,26 @@ def test_a_small_hole_in_a_large_image_is_filled_from_a_crop_around_it():
     far_changed = images.clone()
     far_changed[..., :150, :] = torch.rand(1, 3, 150, 600)
     far_changed[..., :, 350:] = torch.rand(1, 3, 400, 250)
-    assert torch.equal(complete_any_size(net, far_changed, mask, MEAN_PIXEL, TRAINING_SIZE)[mask.bool().expand_as(images)],
-                       completed[mask.bool().expand_as(images)])
+    holes = mask.bool().expand_as(images)
+    assert torch.equal(complete_any_size(net, far_changed, mask, MEAN_PIXEL, TRAINING_SIZE)[holes], completed[holes])
 
 
 def test_large_holes_are_filled_at_the_training_scale():
     net = trained_looking_network()
-    images, mask = torch.rand(1, 3, 240, 320), box_mask(1, 240, 320, 50, 90, 130)
+    images, mask = torch.rand(1, 3, 240, 320), box_mask(1, 240, 320, 35, 75, 170)
     complete_any_size(net, images, mask, MEAN_PIXEL, TRAINING_SIZE)
-    # The crop, 260 pixels square cut to the image's 240 rows, seen with its short side at 32 pixels
-    # (35 columns, padded to a multiple of 4).
+    # The crop, 1.5 times the hole (255 pixels square) cut to the image's 240 rows, seen with its
+    # short side at 32 pixels: 34 columns, padded to a multiple of 4.
     assert net.shapes == [(1, 4, TRAINING_SIZE, 36)]
+
+
+def test_what_was_under_the_holes_does_not_matter():
+    net = trained_looking_network()
+    images, mask = torch.rand(1, 3, 300, 200), box_mask(1, 300, 200, 50, 40, 90)
+    mask[..., 200:203, :] = 1  # a thin stroke across the image
+    other = torch.where(mask.bool(), torch.rand(1, 3, 300, 200), images)
+    assert torch.equal(complete_any_size(net, images, mask, MEAN_PIXEL, TRAINING_SIZE),
+                       complete_any_size(net, other, mask, MEAN_PIXEL, TRAINING_SIZE))
 
 
 def test_separate_holes_get_separate_crops_and_nearby_ones_share_one():
@@ -163,7 +172,7 @@ def test_an_untrained_correction_gives_the_full_size_harmonic_fill():
     torch.manual_seed(0)
     net = CompletionNetwork(width=0.125, skips=True, hole_fill="harmonic").eval()
     images = 0.1 + 0.8 * smooth_images(2, 150, 140)
-    mask = box_mask(2, 150, 140, 40, 30, 80)  # the crop around it is the whole image
+    mask = box_mask(2, 150, 140, 25, 20, 100)  # the crop around it is the whole image
     completed = complete_any_size(net, images, mask, MEAN_PIXEL, TRAINING_SIZE)
     harmonic = fill_holes(images, mask, MEAN_PIXEL, "harmonic")
     assert torch.allclose(completed, harmonic, atol=1e-5)

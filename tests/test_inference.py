@@ -45,14 +45,20 @@ def test_prediction_has_the_image_size_and_paste_keeps_known_pixels(height, widt
     assert torch.equal(completed[~known], prediction[~known])
 
 
-def test_prediction_at_a_multiple_of_the_network_size_matches_training():
+def test_prediction_is_the_mean_of_the_training_path_on_the_image_and_on_its_mirror():
     torch.manual_seed(0)
-    completion, _ = build_networks(ModelConfig(image_size=32, width=0.125))
+    completion = CompletionNetwork(width=0.125, upsample="resize", skips=True, hole_fill="harmonic")
+    nn.init.normal_(completion.layers[-1].weight, std=0.2)  # a correction that is not zero, as after training
     completion.eval()
     images, mask, mean_pixel = torch.rand(3, 3, 32, 32), box_mask(3, 32, 32, 5, 9, 12), torch.tensor([0.3, 0.4, 0.5])
     with torch.no_grad():
-        trained_path = complete(completion, images, mask, mean_pixel)
-    assert torch.allclose(paste(images, predict(completion, images, mask, mean_pixel), mask), trained_path)
+        as_trained = complete(completion, images, mask, mean_pixel)
+        mirrored = complete(completion, images.flip(-1), mask.flip(-1), mean_pixel).flip(-1)
+    prediction = predict(completion, images, mask, mean_pixel)
+    assert not torch.allclose(as_trained, mirrored, atol=1e-3)  # the network alone is not symmetric
+    assert torch.allclose(paste(images, prediction, mask), (as_trained + mirrored) / 2, atol=1e-6)
+    flipped = predict(completion, images.flip(-1), mask.flip(-1), mean_pixel)
+    assert torch.allclose(flipped.flip(-1), prediction, atol=1e-6)
 
 
 def test_images_smaller_than_the_size_multiple_are_refused():
@@ -112,7 +118,7 @@ def test_a_small_hole_in_a_large_image_is_filled_from_a_crop_around_it():
     net = trained_looking_network()
     images, mask = torch.rand(1, 3, 400, 600), box_mask(1, 400, 600, 200, 300, 5)
     completed = complete_any_size(net, images, mask, MEAN_PIXEL, TRAINING_SIZE)
-    assert net.shapes == [(1, 4, TRAINING_SIZE, TRAINING_SIZE)]  # one crop, at its own scale
+    assert net.shapes == [(2, 4, TRAINING_SIZE, TRAINING_SIZE)]  # one crop at its own scale, and its mirror image
     far_changed = images.clone()
     far_changed[..., :150, :] = torch.rand(1, 3, 150, 600)
     far_changed[..., :, 350:] = torch.rand(1, 3, 400, 250)
@@ -126,7 +132,7 @@ def test_large_holes_are_filled_at_the_training_scale():
     complete_any_size(net, images, mask, MEAN_PIXEL, TRAINING_SIZE)
     # The crop, 1.5 times the hole (255 pixels square) cut to the image's 240 rows, seen with its
     # short side at 32 pixels: 34 columns, padded to a multiple of 4.
-    assert net.shapes == [(1, 4, TRAINING_SIZE, 36)]
+    assert net.shapes == [(2, 4, TRAINING_SIZE, 36)]  # with its mirror image
 
 
 def test_what_was_under_the_holes_does_not_matter():
@@ -143,7 +149,7 @@ def test_separate_holes_get_separate_crops_and_nearby_ones_share_one():
     images = torch.rand(1, 3, 300, 300)
     apart = box_mask(1, 300, 300, 20, 20, 6) + box_mask(1, 300, 300, 250, 240, 6)
     completed = complete_any_size(net, images, apart, MEAN_PIXEL, TRAINING_SIZE)
-    assert net.shapes == [(1, 4, TRAINING_SIZE, TRAINING_SIZE)] * 2
+    assert net.shapes == [(2, 4, TRAINING_SIZE, TRAINING_SIZE)] * 2  # each with its mirror image
     assert (completed[apart.bool().expand_as(images)] != images[apart.bool().expand_as(images)]).all()
     net.shapes.clear()
     complete_any_size(net, images, box_mask(1, 300, 300, 100, 100, 6) + box_mask(1, 300, 300, 100, 115, 6),

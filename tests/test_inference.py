@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from ganmodels.glcic.config import ModelConfig
-from ganmodels.glcic.inference import complete_any_size, hole_crops, paste, predict, size_multiple
+from ganmodels.glcic.inference import (borrowed_texture, complete_any_size, downscaled, hole_crops, paste, predict,
+                                       size_multiple, upscaled)
 from ganmodels.glcic.networks import CompletionNetwork, InfillGenerator, build_networks, complete, fill_holes
 from ganmodels.masks import MaskConfig, sample_strokes
 from ganmodels.metrics import hole_l1
@@ -170,6 +171,42 @@ def test_hole_crops_hold_every_hole_pixel_once_inside_the_image(height, width):
         covered[top:top + crop_height, left:left + crop_width] += 1
     assert covered.max() <= 1 and (covered[mask > 0] == 1).all()
     assert hole_crops(torch.zeros(height, width), TRAINING_SIZE) == []
+
+
+def striped_images(count: int, height: int, width: int) -> torch.Tensor:
+    """Colour ramps under fine stripes, two pixels wide: detail no 32-pixel image can hold."""
+    stripes = (torch.arange(width) % 4 < 2).float().expand(height, width)
+    return (0.8 * smooth_images(count, height, width) + 0.2 * stripes).clamp(0, 1)
+
+
+def test_the_holes_borrow_the_fine_texture_of_the_known_pixels():
+    images = striped_images(2, 128, 160)
+    mask = box_mask(2, 128, 160, 40, 50, 48)
+    mask[1, :, 90:94, 10:150] = 1  # and a thin stroke
+    small_size = (TRAINING_SIZE, 40)
+    small_fill = downscaled(images, torch.zeros_like(mask), small_size)[0]  # a perfect fill at the small scale
+    small_mask = downscaled(images, mask, small_size)[1]
+    borrowed = borrowed_texture(small_fill, small_mask, images, mask)
+    missing = images - upscaled(small_fill, (128, 160))  # what the small fill cannot hold
+    holes = mask.bool().expand_as(images)
+    assert torch.equal(borrowed[~holes], torch.zeros_like(borrowed[~holes]))
+    # Deep in the square (TEXTURE_FADE small pixels are 8 here) the texture is the image's own;
+    deep = (slice(None), slice(None), slice(48, 80), slice(58, 90))
+    assert (borrowed[deep] - missing[deep]).abs().mean() < 0.1 * missing[deep].abs().mean()
+    # near the border, where the harmonic fill carries the border's detail, it fades out.
+    stroke = (1, slice(None), slice(90, 94), slice(10, 40))
+    assert borrowed[stroke].abs().mean() < 0.5 * missing[stroke].abs().mean()
+
+
+def test_large_holes_in_large_images_get_texture_not_blur():
+    torch.manual_seed(0)
+    net = CompletionNetwork(width=0.125, skips=True, hole_fill="harmonic").eval()  # an untrained correction: zero
+    images, mask = striped_images(1, 256, 256), box_mask(1, 256, 256, 80, 90, 96)
+    # At 64 pixels, as the defaults train, the known ring of the crop around the hole holds sources.
+    completed = complete_any_size(net, images, mask, MEAN_PIXEL, 64)
+    detail = lambda pictures: (pictures[..., 1:] - pictures[..., :-1]).abs()[..., 100:160, 110:160].mean()  # noqa: E731
+    assert detail(fill_holes(images, mask, MEAN_PIXEL, "harmonic")) < 0.1 * detail(images)
+    assert detail(completed) > 0.5 * detail(images)  # pieces blended where blocks meet lose some
 
 
 def test_an_untrained_correction_gives_the_full_size_harmonic_fill():

@@ -27,15 +27,15 @@ CONTEXT = 1.5
 DETAIL_SIZE = 768
 # The side, in pixels of the training scale, of the blocks of a hole that each borrow their fine
 # texture from one place (borrowed_texture). On 32 full-size flowers at 256 px, blocks of 2 and 4
-# brought the squares' hole-patch SWD to Telea's (73 against 74), blocks of 8 to 95; blocks of 1
-# pixel showed as a mosaic.
+# brought the squares' hole-patch SWD to Telea's, blocks of 8 did not, and single pixels showed as a
+# mosaic (docs/experiments.md).
 TEXTURE_BLOCK = 4
-# How much a source's distance counts against its likeness, per squared image side: textures repeat
-# mostly near where they are, and a distant look-alike is often another object.
+# How much a source's squared distance, in units of the image's area, counts against its likeness:
+# textures repeat mostly near where they are, and a distant look-alike is often another object.
 TEXTURE_NEARNESS = 0.01
-# On `sample`'s strokes at 128 px, fading the texture in over 2 pixels rather than none kept 0.12 dB
-# of hole PSNR and brought the border measure from 0.0166 to 0.0151 (Telea: 0.0154), with as low a
-# hole-patch SWD; over 4 pixels the strokes' SWD rose again.
+# On `sample`'s strokes at 128 px, fading the texture in over 2 small pixels rather than none gave
+# back part of the hole PSNR and border measure the texture costs, for as low a hole-patch SWD; over
+# 4 the strokes' SWD rose again (docs/experiments.md).
 TEXTURE_FADE = 2
 
 CropFill = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, mask) -> the holes filled

@@ -1,5 +1,7 @@
 """Inpainting quality measures, per image, on images in [0, 1]."""
+import copy
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -196,7 +198,7 @@ C2ST_BATCH = 64
 
 
 def classifier_two_sample_accuracy(real: torch.Tensor, completed: torch.Tensor, mask: torch.Tensor,
-                                   seed: int = 0) -> float:
+                                   seed: int = 0, folds_at_once: int = 2) -> float:
     """How well a classifier trained from scratch tells real hole regions from completed ones.
 
     Each image gives C2ST_PATCHES_PER_IMAGE patches of a quarter of its side (8 to C2ST_LARGEST_PATCH px),
@@ -205,7 +207,8 @@ def classifier_two_sample_accuracy(real: torch.Tensor, completed: torch.Tensor, 
     two halves at random; a classifier trained on the patches of one half is scored on those
     of the other, and the other way round. The accuracy is the mean over both: 0.5 when the
     completions cannot be told from real images, 1.0 when they always can. Deterministic
-    for a seed.
+    for a seed, and the same whether the two classifiers train at once (`folds_at_once=2`,
+    one thread each) or in turn (1).
     """
     generator = torch.Generator().manual_seed(seed)
     real, completed, mask = real.float().cpu(), completed.float().cpu(), mask.float().cpu()
@@ -219,38 +222,54 @@ def classifier_two_sample_accuracy(real: torch.Tensor, completed: torch.Tensor, 
                for name, images in (("real", real), ("completed", completed))}
     order = torch.randperm(len(real), generator=generator)
     halves = order[: len(order) // 2], order[len(order) // 2:]
-    correct, total = 0, 0
+    # Every random draw is taken here, in the order the two folds would take them one after
+    # the other, so that they can train at the same time and still give the same accuracy.
+    folds = [(train, test, _training_draws(2 * len(train) * C2ST_PATCHES_PER_IMAGE, generator))
+             for train, test in (halves, halves[::-1])]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        initial = _RealismClassifier()
+
+    def correct_on_test_half(fold: tuple[torch.Tensor, torch.Tensor, list]) -> int:
+        train, test, draws = fold
+        classifier = _fit_classifier(initial, patches["real"][train].flatten(0, 1),
+                                     patches["completed"][train].flatten(0, 1), draws)
+        with torch.no_grad():
+            return int((classifier(patches["real"][test].flatten(0, 1)) > 0).sum()
+                       + (classifier(patches["completed"][test].flatten(0, 1)) <= 0).sum())
+
     threads = torch.get_num_threads()
-    # Tiny gradients late in training turn into denormal floats, which run far slower on CPUs.
-    torch.set_flush_denormal(True)
-    # Its kernels are too small to gain from several threads, and on a busy machine every
-    # parallel region waits for its slowest thread: one thread is both faster and steadier.
+    # Its kernels are too small to gain from several threads each, and on a busy machine every
+    # parallel region waits for its slowest thread: one thread per fold, both folds at once.
     torch.set_num_threads(1)
     try:
-        with torch.random.fork_rng(devices=[]):
-            for train, test in (halves, halves[::-1]):
-                torch.manual_seed(seed)
-                classifier = _fit_classifier(patches["real"][train].flatten(0, 1),
-                                             patches["completed"][train].flatten(0, 1), generator)
-                with torch.no_grad():
-                    correct += int((classifier(patches["real"][test].flatten(0, 1)) > 0).sum()
-                                   + (classifier(patches["completed"][test].flatten(0, 1)) <= 0).sum())
-                total += 2 * len(test) * C2ST_PATCHES_PER_IMAGE
+        with ThreadPoolExecutor(max_workers=folds_at_once) as pool:
+            correct = sum(pool.map(correct_on_test_half, folds))
     finally:
-        torch.set_flush_denormal(False)
         torch.set_num_threads(threads)
-    return correct / total
+    return correct / (2 * len(real) * C2ST_PATCHES_PER_IMAGE)
 
 
-def _fit_classifier(real: torch.Tensor, completed: torch.Tensor, generator: torch.Generator) -> torch.nn.Module:
-    classifier = _RealismClassifier()
+def _training_draws(count: int, generator: torch.Generator) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Per epoch, the batches of a shuffle of `count` patches, each with which of them to mirror."""
+    epochs = []
+    for _ in range(C2ST_EPOCHS):
+        order = torch.randperm(count, generator=generator)
+        epochs.append([(batch, torch.rand(len(batch), generator=generator) < 0.5) for batch in order.split(C2ST_BATCH)])
+    return epochs
+
+
+def _fit_classifier(initial: torch.nn.Module, real: torch.Tensor, completed: torch.Tensor,
+                    draws: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> torch.nn.Module:
+    # Tiny gradients late in training turn into denormal floats, which run far slower on CPUs;
+    # the setting belongs to the thread, which ends with the fold.
+    torch.set_flush_denormal(True)
+    classifier = copy.deepcopy(initial)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=2e-3)
     inputs = torch.cat([real, completed])
     labels = torch.cat([torch.ones(len(real)), torch.zeros(len(completed))])
-    for _ in range(C2ST_EPOCHS):
-        order = torch.randperm(len(inputs), generator=generator)
-        for batch in order.split(C2ST_BATCH):
-            flips = torch.rand(len(batch), generator=generator) < 0.5
+    for epoch in draws:
+        for batch, flips in epoch:
             batch_inputs = torch.where(flips[:, None, None, None], inputs[batch].flip(3), inputs[batch])
             loss = torch.nn.functional.binary_cross_entropy_with_logits(classifier(batch_inputs), labels[batch])
             optimizer.zero_grad(set_to_none=True)

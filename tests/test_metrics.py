@@ -147,3 +147,15 @@ def test_classifier_two_sample_test_is_at_chance_on_real_holes_and_sees_a_poor_f
     accuracy = classifier_two_sample_accuracy(images, grey, mask)
     assert accuracy > 0.9
     assert classifier_two_sample_accuracy(images, grey, mask) == accuracy  # deterministic for a seed
+
+
+def test_classifier_two_sample_test_gives_the_same_accuracy_with_its_folds_at_once_or_in_turn():
+    from ganmodels.metrics import classifier_two_sample_accuracy
+
+    images, mask = _faces(96), _stroke_masks(96)
+    # A fill that is hard to tell from the real holes: a classifier that trained even slightly
+    # differently would call some of the patches otherwise.
+    blurred = torch.lerp(images, torch.nn.functional.avg_pool2d(images, 3, 1, 1), mask)
+    at_once = classifier_two_sample_accuracy(images, blurred, mask, seed=1)
+    assert 0.55 < at_once < 0.95
+    assert classifier_two_sample_accuracy(images, blurred, mask, seed=1, folds_at_once=1) == at_once

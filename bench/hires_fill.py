@@ -11,8 +11,9 @@ each way of filling next to Telea's (pipeline.evaluation). The ways: the harmoni
 of the holes' border alone (no network, for reference), the network on the whole image (`whole`,
 what infill did before), on a copy at the training scale upsampled (`resize`), on a crop around
 each region of holes at the training scale (`crop`, hole_crops), and `resize` or `crop` with
-detail added: the full-size harmonic fill's detail from the hole border (`crop + border detail`
-is complete_any_size, what infill, the studio and the evaluation use), high-frequency residuals
+detail added: the full-size harmonic fill's detail from the hole border (`crop + border detail`,
+complete_any_size; with Navier-Stokes' finest detail on top, `crop + border detail + Navier-Stokes
+detail` is what infill, the studio and the evaluation use: pipeline.infill.inpaint), high-frequency residuals
 of the known pixels copied in by attention over the small fill (`crop + attention detail`,
 HiFill's contextual residual aggregation), or the fill refined at every doubling of the scale
 with the upsampled coarser fill as the network's pre-fill (`crop + coarse to fine`).
@@ -49,7 +50,7 @@ from ganmodels.masks import MaskConfig, sample_strokes  # noqa: E402
 from ganmodels.metrics import inpainting_metrics  # noqa: E402
 from pipeline.artifacts.runs import checkpoint_path, model_state  # noqa: E402
 from pipeline.evaluation import EVALUATION_KINDS, classical_inpaint, evaluation_masks  # noqa: E402
-from pipeline.infill import Inpainter  # noqa: E402
+from pipeline.infill import Inpainter, inpaint  # noqa: E402
 from pipeline.ingestion.decode import decode_image  # noqa: E402
 
 PHOTO_SIZE = (3000, 4000)  # height, width
@@ -146,6 +147,7 @@ def candidates(inpainter: Inpainter) -> dict:
         "resize + border detail": lambda images, mask: paste(
             images, fill_at_training_scale(net, images, mask, mean_pixel, size), mask),
         "crop + border detail": lambda images, mask: complete_any_size(net, images, mask, mean_pixel, size),
+        "crop + border detail + Navier-Stokes detail": lambda images, mask: inpaint(net, images, mask, mean_pixel, size),
         "crop + attention detail": in_crops(attention_detail_fill),
         "crop + coarse to fine": in_crops(coarse_to_fine_fill),
     }

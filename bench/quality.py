@@ -32,13 +32,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ganmodels.glcic.inference import complete_any_size  # noqa: E402
 from ganmodels.glcic.networks import fill_holes  # noqa: E402
 from pipeline import PretrainCompletion, TrainInpainter, TrainJoint  # noqa: E402
 from pipeline.artifacts import storage  # noqa: E402
 from pipeline.datasets.registry import files_below, scoring_subset  # noqa: E402
 from pipeline.evaluation import (HIGHER_IS_BETTER, PIXEL_METRICS, REALISM_METRICS, baseline_fills,  # noqa: E402
                                  evaluate_sizes, summarise_sizes)
+from pipeline.infill import inpaint  # noqa: E402
 from pipeline.ingestion.decode import RejectedImage, decode_image_at_most  # noqa: E402
 from pipeline.tasks.inpainting import trained_model  # noqa: E402
 
@@ -112,7 +112,7 @@ def score_collection(name: str, train: str, held_out: str, size: int, sizes: tup
             mean_pixel = torch.tensor(task.requires()["shards"].mean_pixel())
             mask_config = options.masks
             fill = {f"{variant} phase {phase}" if (args.variant or len(args.phases) > 1) else "model":
-                    lambda images, mask: complete_any_size(completion, images, mask, mean_pixel, size)}
+                    lambda images, mask: inpaint(completion, images, mask, mean_pixel, size)}
             summaries[variant, phase] = evaluate_sizes(sets, fill, mask_config, args.eval_seed)
     baselines = baseline_fills(mean_pixel)
     if args.interpolations:  # what the network's learned correction adds to the fill it starts from

@@ -10,6 +10,7 @@ from ganmodels.glcic.networks import CompletionNetwork, InfillGenerator, build_n
 from ganmodels.masks import MaskConfig, sample_strokes
 from ganmodels.metrics import hole_l1
 from pipeline.evaluation import CLASSICAL_METHODS, classical_inpaint
+from pipeline.infill import inpaint, navier_stokes_detail
 
 
 def smooth_images(count: int, height: int, width: int) -> torch.Tensor:
@@ -230,3 +231,27 @@ def test_classical_baselines_follow_smooth_surroundings_and_keep_known_pixels(me
     assert torch.equal(filled[known], images[known])
     mean_fill = fill_holes(images, mask, images.mean(dim=(0, 2, 3)))
     assert (hole_l1(filled, images, mask) < hole_l1(mean_fill, images, mask) / 3).all()
+
+
+def test_the_fill_users_get_adds_navier_stokes_fine_detail_inside_the_holes_alone():
+    torch.manual_seed(0)
+    net = CompletionNetwork(width=0.125, skips=True, hole_fill="harmonic").eval()
+    # Stripes across a thin stroke: Navier-Stokes carries them over it, the harmonic fill blurs them.
+    columns = torch.arange(96)
+    images = (0.5 + 0.3 * ((columns // 2) % 2 * 2 - 1).float()).expand(1, 3, 96, 96).contiguous()
+    images = (images * 255).round() / 255
+    mask = torch.zeros(1, 1, 96, 96)
+    mask[..., 40:43, 8:88] = 1
+    network = complete_any_size(net, images, mask, MEAN_PIXEL, TRAINING_SIZE)
+    completed = inpaint(net, images, mask, MEAN_PIXEL, TRAINING_SIZE)
+    detail = navier_stokes_detail(images, mask)
+    known = mask.expand_as(images) == 0
+    assert torch.equal(completed[known], images[known]) and torch.equal(detail[known], torch.zeros_like(detail[known]))
+    assert torch.allclose(completed, (network + detail).clamp(0, 1))
+    hole = (slice(None), slice(None), slice(40, 43), slice(16, 80))
+    stripes = images - images.mean()
+    assert torch.corrcoef(torch.stack([detail[hole].flatten(), stripes[hole].flatten()]))[0, 1] > 0.5
+    assert (completed - images)[hole].abs().mean() < (network - images)[hole].abs().mean()
+    # A smooth ramp has no fine detail to add.
+    ramps = (smooth_images(1, 96, 96) * 255).round() / 255
+    assert navier_stokes_detail(ramps, mask).abs().max() < 0.02

@@ -13,11 +13,12 @@ import torch
 
 from ganmodels.feeding import to_float
 from ganmodels.glcic.config import OPTION_CLASSES, PhaseOptions
-from ganmodels.glcic.inference import complete_any_size, load_completion
+from ganmodels.glcic.inference import load_completion
 
 from ..artifacts import storage
 from ..artifacts.checkpoints import FINAL_STATE, latest_checkpoint, load_state
 from ..errors import UserError
+from ..infill import inpaint
 from ..evaluation import (EVALUATION_KINDS, GRID_IMAGES, baseline_fills, evaluate_sizes, grid_masks, summarise_sizes,
                           weighted_measures)
 from .base import ArtifactTask, log
@@ -160,7 +161,7 @@ class EvaluateInpainter(EvaluationParameters, ArtifactTask):
         completion, options = trained_model(model_task)
         training_size = options.masks.image_size
         # The path `infill` and the studio fill a user's image with, at every size.
-        fills = {"model": lambda images, mask: complete_any_size(completion, images, mask, mean_pixel, training_size),
+        fills = {"model": lambda images, mask: inpaint(completion, images, mask, mean_pixel, training_size),
                  **baseline_fills(mean_pixel)}
         sets = {size: {side: images for side, (_, images) in shards.scoring_images("test", size).items()}
                 for size in shards.scoring_sizes()}

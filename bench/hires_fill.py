@@ -147,7 +147,8 @@ def candidates(inpainter: Inpainter) -> dict:
         "resize + border detail": lambda images, mask: paste(
             images, fill_at_training_scale(net, images, mask, mean_pixel, size), mask),
         "crop + border detail": lambda images, mask: complete_any_size(net, images, mask, mean_pixel, size),
-        "crop + border detail + Navier-Stokes detail": lambda images, mask: inpaint(net, images, mask, mean_pixel, size),
+        "crop + border detail + Navier-Stokes detail": lambda images, mask: inpaint(net, images, mask, mean_pixel,
+                                                                                    size),
         "crop + attention detail": in_crops(attention_detail_fill),
         "crop + coarse to fine": in_crops(coarse_to_fine_fill),
     }

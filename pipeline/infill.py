@@ -19,10 +19,11 @@ from .evaluation import CLASSICAL_RADIUS, classical_inpaint
 
 # Navier-Stokes' fill carries the edges at a hole's border into the hole along their direction. Its
 # detail finer than what this Gaussian keeps (about two pixels of the image's own size), added to the
-# network's fill, made held-out strokes of flowers, paintings and `sample` more realistic (two-sample
-# accuracy 0.03-0.09 lower, hole-patch SWD up to 4.3 lower) for 0.1-0.25 dB of their PSNR; squares,
-# whose Navier-Stokes fill is smooth away from the border, lost at most 0.07 dB. Twice this sigma
-# bought more realism for twice the PSNR (docs/experiments.md).
+# network's fill, made held-out strokes of flowers, paintings and `sample` at 64 and 128 px more
+# realistic (two-sample accuracy 0.02-0.12 lower, hole-patch SWD 0.6-4.3 lower) for 0.07-0.24 dB of
+# their PSNR; squares, whose Navier-Stokes fill is smooth away from the border, lost 0.02-0.07 dB. At
+# 512 px it changes little (docs/quality.md). Twice this sigma bought more realism for twice the
+# PSNR (docs/experiments.md).
 DETAIL_SIGMA = 1.0
 
 

@@ -18,9 +18,9 @@ from ganmodels.glcic.inference import load_completion
 from ..artifacts import storage
 from ..artifacts.checkpoints import FINAL_STATE, latest_checkpoint, load_state
 from ..errors import UserError
-from ..infill import inpaint
 from ..evaluation import (EVALUATION_KINDS, GRID_IMAGES, baseline_fills, evaluate_sizes, grid_masks, summarise_sizes,
                           weighted_measures)
+from ..infill import inpaint
 from .base import ArtifactTask, log
 from .options import build_options, takes_options
 from .prepare import PrepareImages, splits_by_fraction

@@ -183,10 +183,13 @@ class _RealismClassifier(torch.nn.Module):
     def __init__(self, channels: int = 16):
         super().__init__()
         act = lambda: torch.nn.LeakyReLU(0.2)  # noqa: E731
+        # Batch norm lets it learn the fills' texture within its few epochs: without it the
+        # classifier sat near chance for several epochs and was still learning when it stopped, so
+        # its accuracy depended on its seed more than on the fills (docs/quality.md).
         self.layers = torch.nn.Sequential(
-            torch.nn.Conv2d(4, channels, 3, padding=1), act(),
-            torch.nn.Conv2d(channels, 2 * channels, 4, 2, 1), act(),
-            torch.nn.Conv2d(2 * channels, 4 * channels, 4, 2, 1), act(),
+            torch.nn.Conv2d(4, channels, 3, padding=1), torch.nn.BatchNorm2d(channels), act(),
+            torch.nn.Conv2d(channels, 2 * channels, 4, 2, 1), torch.nn.BatchNorm2d(2 * channels), act(),
+            torch.nn.Conv2d(2 * channels, 4 * channels, 4, 2, 1), torch.nn.BatchNorm2d(4 * channels), act(),
             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4 * channels, 1))
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
@@ -197,8 +200,12 @@ C2ST_PATCHES_PER_IMAGE = 16
 # Patches stop growing with the image here: larger ones cost the classifier quadratically more
 # and the seams, stripes and blocks it should catch are a few pixels wide at every size.
 C2ST_LARGEST_PATCH = 32
-C2ST_EPOCHS = 12
+# Each classifier takes this many steps whatever the number of images: fewer left it still
+# learning, its accuracy hanging on its seed, on sets of 100 to 300 images (docs/quality.md), and a
+# fixed number keeps the cost of a test from growing with the set.
+C2ST_STEPS = 600
 C2ST_BATCH = 64
+C2ST_LEARNING_RATE = 2e-3
 # Channels-last convolutions spare oneDNN its reorders between layouts: on the 32-px patches of the
 # sizes above 64 px, which cost the evaluation most, the classifiers trained 1.39 times as fast as
 # in NCHW, on 16-px ones 1.13 times (bench/c2st.py on 2 vCPUs of an AMD EPYC with AVX512-BF16,
@@ -259,30 +266,32 @@ def classifier_two_sample_accuracy(real: torch.Tensor, completed: torch.Tensor, 
     return correct / (2 * len(real) * C2ST_PATCHES_PER_IMAGE)
 
 
-def _training_draws(count: int, generator: torch.Generator) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-    """Per epoch, the batches of a shuffle of `count` patches, each with which of them to mirror."""
-    epochs = []
-    for _ in range(C2ST_EPOCHS):
-        order = torch.randperm(count, generator=generator)
-        epochs.append([(batch, torch.rand(len(batch), generator=generator) < 0.5) for batch in order.split(C2ST_BATCH)])
-    return epochs
+def _training_draws(count: int, generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """C2ST_STEPS batches from successive shuffles of `count` patches, each with which of them to mirror."""
+    batches: list[torch.Tensor] = []
+    while len(batches) < C2ST_STEPS:
+        batches += torch.randperm(count, generator=generator).split(C2ST_BATCH)
+    return [(batch, torch.rand(len(batch), generator=generator) < 0.5) for batch in batches[:C2ST_STEPS]]
 
 
 def _fit_classifier(initial: torch.nn.Module, real: torch.Tensor, completed: torch.Tensor,
-                    draws: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> torch.nn.Module:
+                    draws: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.nn.Module:
     # Tiny gradients late in training turn into denormal floats, which run far slower on CPUs;
     # the setting belongs to the thread, which ends with the fold.
     torch.set_flush_denormal(True)
     classifier = copy.deepcopy(initial).to(memory_format=C2ST_MEMORY_FORMAT)
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=2e-3)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=C2ST_LEARNING_RATE)
+    # Annealed to zero, so that the accuracy is that of where training settled rather than of
+    # wherever its last steps happened to leave it.
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=len(draws))
     inputs = torch.cat([real, completed])
     labels = torch.cat([torch.ones(len(real)), torch.zeros(len(completed))])
-    for epoch in draws:
-        for batch, flips in epoch:
-            batch_inputs = torch.where(flips[:, None, None, None], inputs[batch].flip(3), inputs[batch]).contiguous(
-                memory_format=C2ST_MEMORY_FORMAT)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(classifier(batch_inputs), labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    for batch, flips in draws:
+        batch_inputs = torch.where(flips[:, None, None, None], inputs[batch].flip(3), inputs[batch]).contiguous(
+            memory_format=C2ST_MEMORY_FORMAT)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(classifier(batch_inputs), labels[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
     return classifier.eval()

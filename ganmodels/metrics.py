@@ -207,8 +207,8 @@ C2ST_STEPS = 600
 C2ST_BATCH = 64
 C2ST_LEARNING_RATE = 2e-3
 # Channels-last convolutions spare oneDNN its reorders between layouts: on the 32-px patches of the
-# sizes above 64 px, which cost the evaluation most, the classifiers trained 1.39 times as fast as
-# in NCHW, on 16-px ones 1.13 times (bench/c2st.py on 2 vCPUs of an AMD EPYC with AVX512-BF16,
+# sizes above 64 px, which cost the evaluation most, the classifiers trained 1.29 times as fast as
+# in NCHW, on 16-px ones 1.18 times (bench/c2st.py on 2 vCPUs of an AMD EPYC with AVX512-BF16,
 # torch 2.14.1; docs/speed.md).
 C2ST_MEMORY_FORMAT = torch.channels_last
 

@@ -202,8 +202,11 @@ C2ST_PATCHES_PER_IMAGE = 16
 C2ST_LARGEST_PATCH = 32
 # Each classifier takes this many steps whatever the number of images: fewer left it still
 # learning, its accuracy hanging on its seed, on sets of 100 to 300 images (docs/quality.md), and a
-# fixed number keeps the cost of a test from growing with the set.
+# fixed number keeps the cost of a test from growing with the set. On a set so small that they
+# would pass over its patches more than C2ST_MOST_EPOCHS times it takes fewer: those passes
+# memorise the patches rather than learn more of them.
 C2ST_STEPS = 600
+C2ST_MOST_EPOCHS = 25
 C2ST_BATCH = 64
 C2ST_LEARNING_RATE = 2e-3
 # Channels-last convolutions spare oneDNN its reorders between layouts: on the 32-px patches of the
@@ -267,11 +270,13 @@ def classifier_two_sample_accuracy(real: torch.Tensor, completed: torch.Tensor, 
 
 
 def _training_draws(count: int, generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """C2ST_STEPS batches from successive shuffles of `count` patches, each with which of them to mirror."""
+    """C2ST_STEPS batches (fewer on a small set) from successive shuffles of `count` patches, each with
+    which of them to mirror."""
+    steps = min(C2ST_STEPS, C2ST_MOST_EPOCHS * math.ceil(count / C2ST_BATCH))
     batches: list[torch.Tensor] = []
-    while len(batches) < C2ST_STEPS:
+    while len(batches) < steps:
         batches += torch.randperm(count, generator=generator).split(C2ST_BATCH)
-    return [(batch, torch.rand(len(batch), generator=generator) < 0.5) for batch in batches[:C2ST_STEPS]]
+    return [(batch, torch.rand(len(batch), generator=generator) < 0.5) for batch in batches[:steps]]
 
 
 def _fit_classifier(initial: torch.nn.Module, real: torch.Tensor, completed: torch.Tensor,

@@ -183,9 +183,9 @@ class _RealismClassifier(torch.nn.Module):
     def __init__(self, channels: int = 16):
         super().__init__()
         act = lambda: torch.nn.LeakyReLU(0.2)  # noqa: E731
-        # Batch norm lets it learn the fills' texture within its few epochs: without it the
-        # classifier sat near chance for several epochs and was still learning when it stopped, so
-        # its accuracy depended on its seed more than on the fills (docs/quality.md).
+        # Batch norm lets it learn the fills' texture within C2ST_STEPS: without it the classifier
+        # sat near chance for several epochs and was still learning when it stopped, so its
+        # accuracy depended on its seed more than on the fills (docs/quality.md).
         self.layers = torch.nn.Sequential(
             torch.nn.Conv2d(4, channels, 3, padding=1), torch.nn.BatchNorm2d(channels), act(),
             torch.nn.Conv2d(channels, 2 * channels, 4, 2, 1), torch.nn.BatchNorm2d(2 * channels), act(),

@@ -167,6 +167,7 @@ def test_classifier_two_sample_test_hardly_depends_on_its_seed():
     images, mask = _faces(96), _stroke_masks(96)
     blurred = torch.lerp(images, torch.nn.functional.avg_pool2d(images, 3, 1, 1), mask)
     # Each seed splits the images, starts the classifier and orders its batches anew; trained to
-    # where it settles, the classifier sees the blur under every seed alike.
+    # where it settles, the classifier sees the blur under every seed alike (0.966-0.971 here; the
+    # classifier that stopped while still learning gave 0.931-0.947).
     accuracies = [classifier_two_sample_accuracy(images, blurred, mask, seed=seed) for seed in range(3)]
-    assert min(accuracies) > 0.9 and max(accuracies) - min(accuracies) < 0.03
+    assert min(accuracies) > 0.94 and max(accuracies) - min(accuracies) < 0.02

@@ -222,6 +222,31 @@ def test_an_untrained_correction_gives_the_full_size_harmonic_fill():
     assert torch.allclose(completed, harmonic, atol=1e-5)
 
 
+class OffsetNetwork(nn.Module):
+    """A completion network whose correction to the harmonic fill is the same everywhere."""
+
+    hole_fill = "harmonic"
+
+    def __init__(self, offset: float):
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, network_input: torch.Tensor) -> torch.Tensor:
+        return network_input[:, :3] + self.offset
+
+
+def test_the_correction_above_the_training_size_meets_the_border_without_a_step():
+    """A small pixel of the border holds a whole correction; upsampled as it is, it would put a step
+    where the fill meets the known pixels, which the border measure counts as a seam."""
+    images, mask = 0.1 + 0.5 * smooth_images(1, 256, 256), box_mask(1, 256, 256, 80, 90, 96)
+    completed = complete_any_size(OffsetNetwork(0.25), images, mask, MEAN_PIXEL, 64)
+    correction = completed - fill_holes(images, mask, MEAN_PIXEL, "harmonic")
+    on_border = (mask * torch.nn.functional.max_pool2d(1 - mask, 3, stride=1, padding=1)).bool().expand_as(images)
+    assert correction[on_border].abs().mean() < 0.02
+    deep = (slice(None), slice(None), slice(90, 166), slice(100, 176))  # 10 pixels in: over 4 small pixels
+    assert (correction[deep] - 0.25).abs().max() < 0.02
+
+
 @pytest.mark.parametrize("method", sorted(CLASSICAL_METHODS))
 def test_classical_baselines_follow_smooth_surroundings_and_keep_known_pixels(method):
     images = (smooth_images(3, 32, 32) * 255).round() / 255  # as stored: whole uint8 levels

@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from ganmodels.glcic.config import ModelConfig
-from ganmodels.glcic.inference import (borrowed_texture, complete_any_size, downscaled, hole_crops, paste, predict,
-                                       size_multiple, upscaled)
+from ganmodels.glcic.inference import (borrowed_texture, complete_any_size, downscaled, fade_from_border, hole_crops,
+                                       paste, predict, size_multiple, upscaled)
 from ganmodels.glcic.networks import CompletionNetwork, InfillGenerator, build_networks, complete, fill_holes
 from ganmodels.masks import MaskConfig, sample_strokes
 from ganmodels.metrics import hole_l1
@@ -220,6 +220,15 @@ def test_an_untrained_correction_gives_the_full_size_harmonic_fill():
     completed = complete_any_size(net, images, mask, MEAN_PIXEL, TRAINING_SIZE)
     harmonic = fill_holes(images, mask, MEAN_PIXEL, "harmonic")
     assert torch.allclose(completed, harmonic, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, pixels", [((2, 1, 64, 80), 1.0), ((1, 1, 300, 410), 12.0), ((3, 1, 5, 7), 4.0)])
+def test_the_fade_from_the_border_is_the_share_of_hole_pixels_around_each_pixel(shape, pixels):
+    mask = (torch.rand(shape, generator=torch.Generator().manual_seed(0)) > 0.6).float()
+    mask[..., 1:4, 2:6] = 1
+    reach = 2 * round(pixels) + 1  # windows larger than the image included
+    share = torch.nn.functional.avg_pool2d(mask, reach, stride=1, padding=reach // 2, count_include_pad=False)
+    assert torch.equal(fade_from_border(mask, pixels), (2 * share - 1).clamp(0, 1))
 
 
 class OffsetNetwork(nn.Module):

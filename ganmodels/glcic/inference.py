@@ -267,9 +267,10 @@ def fade_from_border(mask: torch.Tensor, pixels: float) -> torch.Tensor:
 
 def _window_sums(values: torch.Tensor, reach: int) -> torch.Tensor:
     """The sum of each pixel's reach x reach window (nothing beyond the image), from running sums
-    along each axis. On masks of 0 and 1 the sums are whole numbers, so the shares made from them
-    are avg_pool2d's (count_include_pad=False) bit for bit; avg_pool2d took 0.2 s for a 25-pixel
-    window over 768x1024 pixels and 0.8 s for a 49-pixel one, these sums 0.01 s."""
+    along each axis: their cost does not grow with the window, as avg_pool2d's does (the fades'
+    windows span 25 and 49 pixels at DETAIL_SIZE; docs/hires-fill.md). On masks of 0 and 1 the sums
+    are whole numbers, so the shares made from them are avg_pool2d's (count_include_pad=False) bit
+    for bit."""
     half = reach // 2
     padded = F.pad(values, (half + 1, half, half + 1, half))
     across = padded.cumsum(-1)

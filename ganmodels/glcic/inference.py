@@ -40,9 +40,9 @@ TEXTURE_FADE = 2
 # The network's correction, upsampled, fades in over this many pixels of the training scale from
 # the holes' border. A small pixel of the border holds a full correction, which bicubic upsampling
 # spreads half a small pixel either side of where the border lies at the image's size: without the
-# fade the fill met the known pixels with a step. On the full-size flowers and paintings at 256 and
-# 512 px the fade lowered the border measure by 2-15 %, to below Telea's where it had been above,
-# and raised hole PSNR by up to 0.06 dB (docs/hires-fill.md).
+# fade the fill met the known pixels with a step. On the full-size flowers at 256 and 512 px and
+# paintings at 256 px the fade lowered the border measure by 2-15 %, to below Telea's where it had
+# been above, and raised hole PSNR by up to 0.06 dB (docs/hires-fill.md).
 CORRECTION_FADE = 1
 
 CropFill = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (images, mask) -> the holes filled
